@@ -1,0 +1,316 @@
+//! `xmppd.toml`: every option has a default, so no file at all serves `localhost`.
+//!
+//! Unknown keys are rejected (`deny_unknown_fields`) so a typo is reported with
+//! its file and line instead of being silently ignored.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Virtual hosts served by this server.
+    pub hosts: Vec<String>,
+    /// Where the SQLite database and generated certificates live.
+    pub data_dir: PathBuf,
+    /// tracing filter, e.g. "info" or "xmppd=debug,info".
+    pub log_level: String,
+    pub storage: StorageConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub certificates: Vec<CertificateConfig>,
+    pub c2s: C2sConfig,
+    pub registration: RegistrationConfig,
+    pub limits: LimitsConfig,
+    pub modules: ModulesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://path/to.db` or `postgres://user@host:port/db`. Default: SQLite under data_dir.
+    pub url: Option<String>,
+    /// Connection pool size (PostgreSQL; SQLite uses one writer).
+    pub pool_size: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain TCP upgraded with STARTTLS (RFC 6120 §5).
+    Starttls,
+    /// TLS from the first byte (XEP-0368).
+    Direct,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(default = "default_address")]
+    pub address: String,
+    pub port: u16,
+    #[serde(default = "default_tls_mode")]
+    pub tls: TlsMode,
+}
+
+fn default_address() -> String {
+    "0.0.0.0".into()
+}
+fn default_tls_mode() -> TlsMode {
+    TlsMode::Starttls
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain. The names it covers (SANs) select it by SNI.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2sConfig {
+    /// Refuse authentication before TLS (RFC 6120 recommends it).
+    pub require_tls: bool,
+    /// Seconds of silence before the server pings a client (XEP-0199).
+    pub ping_interval: u64,
+    /// Seconds to wait for any traffic after that ping before dropping the client.
+    pub ping_timeout: u64,
+    /// Seconds allowed for a connection to authenticate and bind.
+    pub login_timeout: u64,
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        Self {
+            require_tls: true,
+            ping_interval: 120,
+            ping_timeout: 60,
+            login_timeout: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// XEP-0077 in-band registration of new accounts. Password change is always allowed.
+    pub open: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest stanza (bytes on the wire) before `policy-violation`.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Stanzas queued for a session that does not read before it is cut off.
+    pub outbound_queue: usize,
+    /// Sustained bytes/s a client may send; excess is read more slowly (backpressure).
+    pub c2s_rate_bytes: u64,
+    /// Burst allowance for the rate above.
+    pub c2s_burst_bytes: u64,
+    /// Failed SASL attempts on one stream before it is closed.
+    pub auth_attempts_per_stream: u32,
+    /// Maximum roster size per account.
+    pub max_roster_items: usize,
+    /// Simultaneous connections from one IP address.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 64,
+            outbound_queue: 2048,
+            c2s_rate_bytes: 1024 * 1024,
+            c2s_burst_bytes: 4 * 1024 * 1024,
+            auth_attempts_per_stream: 5,
+            max_roster_items: 5000,
+            max_connections_per_ip: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModulesConfig {
+    /// Feature modules to load, by name (see xep/mod.rs).
+    pub enabled: Vec<String>,
+    pub version: VersionModuleConfig,
+}
+
+impl Default for ModulesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: crate::xep::ALL_MODULES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            version: VersionModuleConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionModuleConfig {
+    /// Leave the operating system out of XEP-0092 answers.
+    pub hide_os: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hosts: vec!["localhost".into()],
+            data_dir: PathBuf::from("./data"),
+            log_level: "info".into(),
+            storage: StorageConfig::default(),
+            listeners: vec![
+                ListenerConfig {
+                    address: default_address(),
+                    port: 5222,
+                    tls: TlsMode::Starttls,
+                },
+                ListenerConfig {
+                    address: default_address(),
+                    port: 5223,
+                    tls: TlsMode::Direct,
+                },
+            ],
+            certificates: Vec::new(),
+            c2s: C2sConfig::default(),
+            registration: RegistrationConfig::default(),
+            limits: LimitsConfig::default(),
+            modules: ModulesConfig::default(),
+        }
+    }
+}
+
+/// A configuration mistake, explained with file and line where known.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Load from `path`; `None` means defaults (no file).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            let c = Config::default();
+            c.validate(None)?;
+            return Ok(c);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            match line {
+                Some(l) => ConfigError(format!("{}:{l}: {}", path.display(), e.message())),
+                None => ConfigError(format!("{}: {}", path.display(), e.message())),
+            }
+        })?;
+        // Relative paths in the file are relative to the working directory, like the CLI's.
+        cfg.hosts = cfg.hosts.iter().map(|h| h.to_lowercase()).collect();
+        cfg.validate(Some((text, path)))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, src: Option<(&str, &Path)>) -> Result<(), ConfigError> {
+        let at = |key: &str| -> String {
+            match src {
+                Some((text, path)) => {
+                    let line = text
+                        .lines()
+                        .position(|l| l.trim_start().starts_with(key))
+                        .map(|i| i + 1);
+                    match line {
+                        Some(l) => format!("{}:{l}", path.display()),
+                        None => path.display().to_string(),
+                    }
+                }
+                None => "defaults".into(),
+            }
+        };
+        if self.hosts.is_empty() {
+            return Err(ConfigError(format!(
+                "{}: `hosts` must name at least one domain",
+                at("hosts")
+            )));
+        }
+        for h in &self.hosts {
+            if jid::BareJid::new(h)
+                .map(|j| j.node().is_some())
+                .unwrap_or(true)
+            {
+                return Err(ConfigError(format!(
+                    "{}: `{h}` is not a valid domain name",
+                    at("hosts")
+                )));
+            }
+        }
+        if let Some(url) = &self.storage.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(format!(
+                "{}: storage url must start with sqlite: or postgres:// (got `{url}`)",
+                at("url")
+            )));
+        }
+        for m in &self.modules.enabled {
+            if !crate::xep::ALL_MODULES.contains(&m.as_str()) {
+                return Err(ConfigError(format!(
+                    "{}: unknown module `{m}`; known modules: {}",
+                    at("enabled"),
+                    crate::xep::ALL_MODULES.join(", ")
+                )));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for l in &self.listeners {
+            if !seen.insert((l.address.clone(), l.port)) {
+                return Err(ConfigError(format!(
+                    "{}: two listeners on {}:{}",
+                    at("port"),
+                    l.address,
+                    l.port
+                )));
+            }
+        }
+        if self.limits.max_stanza_bytes < 10_000 {
+            return Err(ConfigError(format!(
+                "{}: max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)",
+                at("max_stanza_bytes")
+            )));
+        }
+        if self.limits.max_depth < 8 {
+            return Err(ConfigError(format!(
+                "{}: max_depth must be at least 8",
+                at("max_depth")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The storage URL, defaulting to SQLite under the data directory.
+    pub fn storage_url(&self) -> String {
+        self.storage
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("xmppd.db").display()))
+    }
+
+    pub fn serves(&self, domain: &str) -> bool {
+        self.hosts.iter().any(|h| h == domain)
+    }
+}

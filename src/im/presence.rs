@@ -1,0 +1,197 @@
+//! Presence (RFC 6121 §4): broadcast to subscribers, probes on initial
+//! presence, directed presence, and unavailable on session end.
+
+use crate::im::{subscription, to_available, to_jid};
+use crate::router::{Available, SessionHandle};
+use crate::server::Server;
+use crate::storage::Result;
+use crate::xml::{BuilderExt, ElementExt, el, ns};
+use jid::{BareJid, Jid};
+use minidom::Element;
+use std::collections::HashSet;
+
+/// Per-session presence state kept by the session task.
+#[derive(Default)]
+pub struct PresenceState {
+    /// Entities that got directed available presence and must hear of our leaving.
+    pub directed: HashSet<Jid>,
+}
+
+fn priority(p: &Element) -> i8 {
+    p.get_child("priority", ns::CLIENT)
+        .and_then(|e| e.text().trim().parse::<i32>().ok())
+        .map(|v| v.clamp(-128, 127) as i8)
+        .unwrap_or(0)
+}
+
+/// A presence stanza from the user's session (`from` already stamped).
+pub async fn outbound(
+    server: &Server,
+    h: &SessionHandle,
+    st: &mut PresenceState,
+    p: Element,
+    to: Option<Jid>,
+) -> Result<()> {
+    let kind = p.attr("type").unwrap_or("available").to_string();
+    let user = h.jid.to_bare();
+    match (to, kind.as_str()) {
+        (None, "available") => broadcast_available(server, h, p).await,
+        (None, "unavailable") => broadcast_unavailable(server, h, st, Some(p)).await,
+        (Some(to), "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed") => {
+            let contact = to.to_bare();
+            if contact == user {
+                return Ok(());
+            }
+            subscription::outbound(server, &user, &kind, &contact, &p).await
+        }
+        (Some(to), "available" | "unavailable") => {
+            directed(server, &user, st, p, to, kind == "available").await;
+            Ok(())
+        }
+        (Some(to), "error") => {
+            to_jid(server, &to, &p);
+            Ok(())
+        }
+        // Probes are the server's business; anything else is ignored (RFC 6121 §4.3).
+        _ => Ok(()),
+    }
+}
+
+async fn broadcast_available(server: &Server, h: &SessionHandle, mut p: Element) -> Result<()> {
+    let user = h.jid.to_bare();
+    p.unset("to");
+    let initial = h.shared.available().is_none();
+    h.shared.set_available(Some(Available {
+        priority: priority(&p),
+        stanza: p.clone(),
+    }));
+    let (_, roster) = server.storage.roster.roster(user.as_str()).await?;
+    for item in roster.iter().filter(|i| i.subscription.has_from()) {
+        if let Ok(contact) = BareJid::new(&item.contact) {
+            let mut q = p.clone();
+            q.set("to", contact.as_str());
+            deliver_local(server, &contact, &q);
+        }
+    }
+    // All of the user's own available resources, the sender included (RFC 6121 §4.2.2).
+    to_available(server, &user, &p);
+    if initial {
+        for item in roster.iter() {
+            let Ok(contact) = BareJid::new(&item.contact) else {
+                continue;
+            };
+            if item.subscription.has_to() {
+                probe(server, h, &contact).await?;
+            }
+            if item.pending_in {
+                // Redeliver subscription requests that arrived while offline (RFC 6121 §3.1.3).
+                let mut req = el("presence", ns::CLIENT)
+                    .a("type", "subscribe")
+                    .a("from", contact.as_str())
+                    .a("to", user.as_str());
+                if let Some(s) = &item.pending_in_status {
+                    req = req.c(el("status", ns::CLIENT).t(s).build());
+                }
+                h.send(crate::router::to_bytes(&req.build()));
+            }
+        }
+        // Our other resources' presence, so this one sees them too.
+        for (other, avail) in server.registry.available(&user) {
+            if other.id != h.id {
+                let mut q = avail.stanza.clone();
+                q.set("to", h.jid.as_str());
+                h.send(crate::router::to_bytes(&q));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answer a probe from `h`'s user for `contact` with the contact's presence.
+async fn probe(server: &Server, h: &SessionHandle, contact: &BareJid) -> Result<()> {
+    if !server.config.serves(contact.domain().as_str()) {
+        return Ok(());
+    }
+    let user = h.jid.to_bare();
+    let allowed = server
+        .storage
+        .roster
+        .roster_item(contact.as_str(), user.as_str())
+        .await?
+        .is_some_and(|i| i.subscription.has_from());
+    if !allowed {
+        return Ok(());
+    }
+    for (_, avail) in server.registry.available(contact) {
+        let mut q = avail.stanza.clone();
+        q.set("to", h.jid.as_str());
+        h.send(crate::router::to_bytes(&q));
+    }
+    Ok(())
+}
+
+/// Broadcast unavailable: to subscribers, our own resources, and directed recipients.
+pub async fn broadcast_unavailable(
+    server: &Server,
+    h: &SessionHandle,
+    st: &mut PresenceState,
+    p: Option<Element>,
+) -> Result<()> {
+    let user = h.jid.to_bare();
+    let was_available = h.shared.available().is_some();
+    h.shared.set_available(None);
+    let mut p = p.unwrap_or_else(|| el("presence", ns::CLIENT).a("type", "unavailable").build());
+    p.set("from", h.jid.as_str());
+    p.unset("to");
+    let directed: Vec<Jid> = st.directed.drain().collect();
+    for to in &directed {
+        let mut q = p.clone();
+        q.set("to", to.as_str());
+        to_jid(server, to, &q);
+    }
+    if !was_available {
+        return Ok(());
+    }
+    let (_, roster) = server.storage.roster.roster(user.as_str()).await?;
+    for item in roster.iter().filter(|i| i.subscription.has_from()) {
+        if let Ok(contact) = BareJid::new(&item.contact) {
+            if directed.iter().any(|d| d.to_bare() == contact) {
+                continue;
+            }
+            let mut q = p.clone();
+            q.set("to", contact.as_str());
+            deliver_local(server, &contact, &q);
+        }
+    }
+    to_available(server, &user, &p);
+    Ok(())
+}
+
+async fn directed(
+    server: &Server,
+    user: &BareJid,
+    st: &mut PresenceState,
+    mut p: Element,
+    to: Jid,
+    available: bool,
+) {
+    p.set("to", to.as_str());
+    if available {
+        st.directed.insert(to.clone());
+    } else {
+        st.directed.remove(&to);
+    }
+    if server.config.serves(to.domain().as_str()) {
+        if to.node().is_none() {
+            return;
+        }
+        to_jid(server, &to, &p);
+    }
+    let _ = user;
+}
+
+fn deliver_local(server: &Server, contact: &BareJid, p: &Element) {
+    if server.config.serves(contact.domain().as_str()) {
+        to_available(server, contact, p);
+    }
+}

@@ -1,0 +1,272 @@
+//! The presence subscription state machine (RFC 6121 §3 and Appendix A).
+//!
+//! `outbound` applies the user's side of a subscription stanza and routes it;
+//! the `inbound_*` functions apply the contact's side on delivery. Both sides
+//! are local for now; federation will route the stamped stanza to s2s instead.
+
+use crate::im::{roster::save_and_push, to_available};
+use crate::server::Server;
+use crate::storage::{Result, RosterItem};
+use crate::xml::{BuilderExt, ElementExt, el, ns};
+use jid::BareJid;
+use minidom::Element;
+
+async fn item(server: &Server, owner: &BareJid, contact: &BareJid) -> Result<RosterItem> {
+    Ok(server
+        .storage
+        .roster
+        .roster_item(owner.as_str(), contact.as_str())
+        .await?
+        .unwrap_or_else(|| RosterItem::new(contact.as_str())))
+}
+
+/// The subscription stanza as routed: from the user's bare JID, to the contact's bare JID.
+fn stamped(kind: &str, from: &BareJid, to: &BareJid, original: Option<&Element>) -> Element {
+    let mut p = el("presence", ns::CLIENT)
+        .a("type", kind)
+        .a("from", from.as_str())
+        .a("to", to.as_str())
+        .build();
+    if let Some(o) = original {
+        for c in o.children() {
+            p.append_child(c.clone());
+        }
+    }
+    p
+}
+
+fn is_local(server: &Server, jid: &BareJid) -> bool {
+    server.config.serves(jid.domain().as_str())
+}
+
+/// Handle `<presence type='subscribe|subscribed|unsubscribe|unsubscribed' to='contact'/>` from the user.
+pub async fn outbound(
+    server: &Server,
+    user: &BareJid,
+    kind: &str,
+    contact: &BareJid,
+    original: &Element,
+) -> Result<()> {
+    let mut it = item(server, user, contact).await?;
+    match kind {
+        "subscribe" => {
+            if !it.subscription.has_to() && (!it.ask || !it.in_roster) {
+                it.ask = true;
+                it.in_roster = true;
+                save_and_push(server, user, &it).await?;
+            }
+            route(server, user, kind, contact, original).await
+        }
+        "subscribed" => {
+            if it.pending_in {
+                it.subscription = it.subscription.with_from(true);
+                it.pending_in = false;
+                it.pending_in_status = None;
+                it.in_roster = true;
+                save_and_push(server, user, &it).await?;
+                route(server, user, kind, contact, original).await?;
+                send_current_presence(server, user, contact);
+            } else if !it.subscription.has_from() && !it.approved {
+                // Pre-approval (RFC 6121 §3.4): remembered, not routed.
+                it.approved = true;
+                it.in_roster = true;
+                save_and_push(server, user, &it).await?;
+            }
+            Ok(())
+        }
+        "unsubscribe" => {
+            if it.subscription.has_to() || it.ask {
+                it.subscription = it.subscription.with_to(false);
+                it.ask = false;
+                save_and_push(server, user, &it).await?;
+            }
+            route(server, user, kind, contact, original).await
+        }
+        "unsubscribed" => {
+            let had_from = it.subscription.has_from();
+            if had_from || it.pending_in || it.approved {
+                it.subscription = it.subscription.with_from(false);
+                it.pending_in = false;
+                it.pending_in_status = None;
+                it.approved = false;
+                save_and_push(server, user, &it).await?;
+            }
+            route(server, user, kind, contact, original).await?;
+            if had_from {
+                send_unavailable(server, user, contact);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Route a subscription stanza to the contact's server (here: apply it locally).
+async fn route(
+    server: &Server,
+    from: &BareJid,
+    kind: &str,
+    to: &BareJid,
+    original: &Element,
+) -> Result<()> {
+    if !is_local(server, to) {
+        // No federation yet: nothing can be delivered to remote domains.
+        return Ok(());
+    }
+    let stanza = stamped(kind, from, to, Some(original));
+    match kind {
+        "subscribe" => inbound_subscribe(server, from, to, stanza).await,
+        "subscribed" => inbound_subscribed(server, from, to, stanza).await,
+        "unsubscribe" => inbound_unsubscribe(server, from, to, stanza).await,
+        "unsubscribed" => inbound_unsubscribed(server, from, to, stanza).await,
+        _ => Ok(()),
+    }
+}
+
+/// A subscription request reaches the contact `to` from `from`.
+pub async fn inbound_subscribe(
+    server: &Server,
+    from: &BareJid,
+    to: &BareJid,
+    stanza: Element,
+) -> Result<()> {
+    if !server.storage.accounts.account_exists(to.as_str()).await? {
+        // RFC 6121 §3.1.3: no such user, the request is refused.
+        let reply = stamped("unsubscribed", to, from, None);
+        return inbound_unsubscribed(server, to, from, reply).await;
+    }
+    let mut it = item(server, to, from).await?;
+    if it.subscription.has_from() {
+        // Already subscribed: answer on the contact's behalf.
+        let reply = stamped("subscribed", to, from, None);
+        return inbound_subscribed(server, to, from, reply).await;
+    }
+    if it.approved {
+        it.subscription = it.subscription.with_from(true);
+        it.approved = false;
+        save_and_push(server, to, &it).await?;
+        let reply = stamped("subscribed", to, from, None);
+        inbound_subscribed(server, to, from, reply).await?;
+        send_current_presence(server, to, from);
+        return Ok(());
+    }
+    it.pending_in = true;
+    it.pending_in_status = stanza.get_child("status", ns::CLIENT).map(|s| s.text());
+    // Stored (visible state unchanged, so no push) and redelivered at the next login.
+    server
+        .storage
+        .roster
+        .put_roster_item(to.as_str(), &it)
+        .await?;
+    to_available(server, to, &stanza);
+    Ok(())
+}
+
+pub async fn inbound_subscribed(
+    server: &Server,
+    from: &BareJid,
+    to: &BareJid,
+    stanza: Element,
+) -> Result<()> {
+    let mut it = item(server, to, from).await?;
+    if !it.ask {
+        return Ok(());
+    }
+    it.subscription = it.subscription.with_to(true);
+    it.ask = false;
+    save_and_push(server, to, &it).await?;
+    to_available(server, to, &stanza);
+    Ok(())
+}
+
+pub async fn inbound_unsubscribe(
+    server: &Server,
+    from: &BareJid,
+    to: &BareJid,
+    stanza: Element,
+) -> Result<()> {
+    let mut it = item(server, to, from).await?;
+    let had_from = it.subscription.has_from();
+    if !had_from && !it.pending_in {
+        return Ok(());
+    }
+    it.subscription = it.subscription.with_from(false);
+    it.pending_in = false;
+    it.pending_in_status = None;
+    save_and_push(server, to, &it).await?;
+    to_available(server, to, &stanza);
+    if had_from {
+        send_unavailable(server, to, from);
+    }
+    Ok(())
+}
+
+pub async fn inbound_unsubscribed(
+    server: &Server,
+    from: &BareJid,
+    to: &BareJid,
+    stanza: Element,
+) -> Result<()> {
+    let mut it = item(server, to, from).await?;
+    if !it.subscription.has_to() && !it.ask {
+        return Ok(());
+    }
+    it.subscription = it.subscription.with_to(false);
+    it.ask = false;
+    save_and_push(server, to, &it).await?;
+    to_available(server, to, &stanza);
+    Ok(())
+}
+
+/// Send `user`'s current presence (every available resource) to `contact`.
+pub fn send_current_presence(server: &Server, user: &BareJid, contact: &BareJid) {
+    if !is_local(server, contact) {
+        return;
+    }
+    for (_, avail) in server.registry.available(user) {
+        let mut p = avail.stanza.clone();
+        p.set("to", contact.as_str());
+        to_available(server, contact, &p);
+    }
+}
+
+/// Tell `contact` that every resource of `user` is gone (subscription ended).
+pub fn send_unavailable(server: &Server, user: &BareJid, contact: &BareJid) {
+    if !is_local(server, contact) {
+        return;
+    }
+    for (h, _) in server.registry.available(user) {
+        let p = el("presence", ns::CLIENT)
+            .a("type", "unavailable")
+            .a("from", h.jid.as_str())
+            .a("to", contact.as_str())
+            .build();
+        to_available(server, contact, &p);
+    }
+}
+
+/// Roster removal (RFC 6121 §2.5.2): cancel both directions, then delete.
+pub async fn remove_contact(
+    server: &Server,
+    owner: &BareJid,
+    contact: &BareJid,
+    it: RosterItem,
+) -> Result<()> {
+    let blank = el("presence", ns::CLIENT).build();
+    if it.subscription.has_to() || it.ask {
+        route(server, owner, "unsubscribe", contact, &blank).await?;
+    }
+    if it.subscription.has_from() || it.pending_in {
+        route(server, owner, "unsubscribed", contact, &blank).await?;
+        if it.subscription.has_from() {
+            send_unavailable(server, owner, contact);
+        }
+    }
+    let version = server
+        .storage
+        .roster
+        .delete_roster_item(owner.as_str(), contact.as_str())
+        .await?;
+    crate::im::roster::push(server, owner, &it, true, version);
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! xmppd: a native XMPP server. See docs/ARCHITECTURE.md for the map.
+
+pub mod c2s;
+pub mod config;
+pub mod im;
+pub mod net;
+pub mod router;
+pub mod sasl;
+pub mod server;
+pub mod stanza;
+pub mod storage;
+pub mod tls;
+pub mod util;
+pub mod xml;
+
+#[path = "../xep/mod.rs"]
+pub mod xep;
+
+pub use config::Config;
+pub use server::{Running, Server, start};

@@ -1,0 +1,237 @@
+//! The session registry and local delivery.
+//!
+//! Sessions are indexed by bare JID in shards (no global lock on the hot path).
+//! Each bound session has a bounded outbound queue of serialized stanzas: a
+//! stanza fanned out to several resources is serialized once and shared
+//! (`Bytes`). A session whose queue is full is not read from fast enough; it is
+//! cut off rather than allowed to grow server memory.
+
+use bytes::Bytes;
+use jid::{BareJid, FullJid};
+use minidom::Element;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, mpsc};
+
+/// Why a session is being terminated from outside its own task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kill {
+    /// Another session bound the same full JID (RFC 6120 §7.7.2.2).
+    Conflict,
+    /// The session did not drain its queue.
+    Overflow,
+    /// The account was deleted or its password changed by an admin.
+    Revoked,
+    /// Server shutdown.
+    Shutdown,
+}
+
+impl Kill {
+    pub fn condition(self) -> &'static str {
+        match self {
+            Kill::Conflict => "conflict",
+            Kill::Overflow => "policy-violation",
+            Kill::Revoked => "not-authorized",
+            Kill::Shutdown => "system-shutdown",
+        }
+    }
+}
+
+/// A session's available presence, as last broadcast.
+#[derive(Debug, Clone)]
+pub struct Available {
+    pub priority: i8,
+    /// The presence stanza, `from` stamped, without `to`.
+    pub stanza: Element,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionShared {
+    available: Mutex<Option<Available>>,
+    /// Requested the roster, so receives roster pushes (RFC 6121 §2.1.6).
+    pub interested: AtomicBool,
+    kill: Notify,
+    kill_reason: Mutex<Option<Kill>>,
+}
+
+impl SessionShared {
+    pub fn available(&self) -> Option<Available> {
+        self.available.lock().unwrap().clone()
+    }
+    pub fn set_available(&self, a: Option<Available>) {
+        *self.available.lock().unwrap() = a;
+    }
+    pub fn kill_reason(&self) -> Option<Kill> {
+        *self.kill_reason.lock().unwrap()
+    }
+    /// Resolves once someone asked this session to end.
+    pub async fn killed(&self) -> Kill {
+        loop {
+            let notified = self.kill.notified();
+            if let Some(k) = self.kill_reason() {
+                return k;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    pub jid: FullJid,
+    pub id: u64,
+    tx: mpsc::Sender<Bytes>,
+    pub shared: Arc<SessionShared>,
+}
+
+impl SessionHandle {
+    pub fn new(jid: FullJid, queue: usize) -> (SessionHandle, mpsc::Receiver<Bytes>) {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let (tx, rx) = mpsc::channel(queue);
+        let h = SessionHandle {
+            jid,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            tx,
+            shared: Arc::new(SessionShared::default()),
+        };
+        (h, rx)
+    }
+
+    /// Queue a serialized stanza; never waits. A full queue kills the session.
+    pub fn send(&self, data: Bytes) -> bool {
+        match self.tx.try_send(data) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(jid = %self.jid, "outbound queue full; disconnecting slow session");
+                self.kill(Kill::Overflow);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn kill(&self, reason: Kill) {
+        let mut r = self.shared.kill_reason.lock().unwrap();
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        drop(r);
+        self.shared.kill.notify_waiters();
+        self.shared.kill.notify_one();
+    }
+
+    pub fn priority(&self) -> Option<i8> {
+        self.shared.available().map(|a| a.priority)
+    }
+}
+
+const SHARDS: usize = 64;
+
+pub struct Registry {
+    shards: Vec<Mutex<HashMap<BareJid, Vec<SessionHandle>>>>,
+    hasher: RandomState,
+    count: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Registry {
+    fn shard(&self, bare: &BareJid) -> &Mutex<HashMap<BareJid, Vec<SessionHandle>>> {
+        let h = self.hasher.hash_one(bare) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// Register a bound session. Returns the session it replaces (same full JID).
+    pub fn bind(&self, handle: SessionHandle) -> Option<SessionHandle> {
+        let bare = handle.jid.to_bare();
+        let mut shard = self.shard(&bare).lock().unwrap();
+        let list = shard.entry(bare).or_default();
+        let old = list
+            .iter()
+            .position(|h| h.jid == handle.jid)
+            .map(|i| list.swap_remove(i));
+        if old.is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        list.push(handle);
+        old
+    }
+
+    /// Remove a session, if it is still the one registered under its JID.
+    pub fn unbind(&self, jid: &FullJid, id: u64) -> bool {
+        let bare = jid.to_bare();
+        let mut shard = self.shard(&bare).lock().unwrap();
+        let Some(list) = shard.get_mut(&bare) else {
+            return false;
+        };
+        let Some(i) = list.iter().position(|h| h.id == id) else {
+            return false;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            shard.remove(&bare);
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+
+    pub fn sessions(&self, bare: &BareJid) -> Vec<SessionHandle> {
+        self.shard(bare)
+            .lock()
+            .unwrap()
+            .get(bare)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn session(&self, full: &FullJid) -> Option<SessionHandle> {
+        let bare = full.to_bare();
+        self.shard(&bare)
+            .lock()
+            .unwrap()
+            .get(&bare)
+            .and_then(|l| l.iter().find(|h| &h.jid == full).cloned())
+    }
+
+    /// Sessions that sent available presence.
+    pub fn available(&self, bare: &BareJid) -> Vec<(SessionHandle, Available)> {
+        self.sessions(bare)
+            .into_iter()
+            .filter_map(|h| h.shared.available().map(|a| (h, a)))
+            .collect()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn all(&self) -> Vec<SessionHandle> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap()
+                    .values()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+/// Serialize once for sharing among recipients.
+pub fn to_bytes(el: &Element) -> Bytes {
+    use crate::xml::ElementExt;
+    Bytes::from(el.to_bytes())
+}

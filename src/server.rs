@@ -1,0 +1,186 @@
+//! Server state shared by all connections, and start-up of the listeners.
+
+use crate::c2s::auth_limit::AuthLimiter;
+use crate::config::{Config, TlsMode};
+use crate::router::{Kill, Registry};
+use crate::storage::Storage;
+use crate::xep::Modules;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct Server {
+    pub config: Config,
+    pub storage: Storage,
+    pub registry: Registry,
+    pub modules: Modules,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub auth_limiter: AuthLimiter,
+    pub started: Instant,
+    connections: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A running server: its bound addresses and a way to stop it.
+pub struct Running {
+    pub server: Arc<Server>,
+    /// (mode, address) of each listener, with real ports when 0 was configured.
+    pub listeners: Vec<(TlsMode, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn addr(&self, mode: TlsMode) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .map(|(_, a)| *a)
+    }
+
+    /// Stop accepting, end every session with `system-shutdown`.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        for h in self.server.registry.all() {
+            h.kill(Kill::Shutdown);
+        }
+        // Give sessions a moment to send their stream errors.
+        for _ in 0..50 {
+            if self.server.registry.count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Open storage, load certificates, bind listeners and start accepting.
+pub async fn start(config: Config) -> Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let storage = Storage::open(&config.storage_url(), config.storage.pool_size)
+        .await
+        .with_context(|| format!("opening storage {}", redact(&config.storage_url())))?;
+    tracing::info!(backend = storage.backend, "storage ready");
+    let tls = crate::tls::server_config(&config)?;
+    let modules = Modules::load(&config.modules.enabled);
+    let server = Arc::new(Server {
+        storage,
+        registry: Registry::default(),
+        modules,
+        tls,
+        auth_limiter: AuthLimiter::default(),
+        started: Instant::now(),
+        connections: Mutex::new(HashMap::new()),
+        config,
+    });
+    let (tx, rx) = watch::channel(false);
+    let mut listeners = Vec::new();
+    let mut tasks = Vec::new();
+    for l in &server.config.listeners {
+        let addr = format!("{}:{}", l.address, l.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, tls = ?l.tls, hosts = ?server.config.hosts, "c2s listening");
+        listeners.push((l.tls, local));
+        tasks.push(tokio::spawn(accept_loop(
+            server.clone(),
+            listener,
+            l.tls,
+            rx.clone(),
+        )));
+    }
+    Ok(Running {
+        server,
+        listeners,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    mode: TlsMode,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => {
+                    let Some(guard) = ConnectionGuard::new(&server, peer.ip()) else {
+                        tracing::warn!(%peer, "too many connections from this address");
+                        continue;
+                    };
+                    let server = server.clone();
+                    tokio::spawn(async move {
+                        crate::c2s::serve(server, tcp, peer, mode).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Counts connections per source address while a connection lives.
+struct ConnectionGuard {
+    server: Arc<Server>,
+    ip: IpAddr,
+}
+
+impl ConnectionGuard {
+    fn new(server: &Arc<Server>, ip: IpAddr) -> Option<Self> {
+        let mut m = server.connections.lock().unwrap();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= server.config.limits.max_connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionGuard {
+            server: server.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut m = self.server.connections.lock().unwrap();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Hide a password in a database URL for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

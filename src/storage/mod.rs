@@ -1,0 +1,191 @@
+//! Storage behind one trait per concern. `sql::SqlStore` implements them all on
+//! SQLite (embedded default) and PostgreSQL; tests run the same cases on both.
+
+pub mod migrate;
+pub mod sql;
+
+use crate::sasl::ScramCredentials;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// SCRAM keys for both hashes we offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountCredentials {
+    pub sha1: ScramCredentials,
+    pub sha256: ScramCredentials,
+}
+
+impl AccountCredentials {
+    pub fn from_password(password: &str) -> Self {
+        use crate::sasl::HashAlg;
+        AccountCredentials {
+            sha1: ScramCredentials::new_random(HashAlg::Sha1, password),
+            sha256: ScramCredentials::new_random(HashAlg::Sha256, password),
+        }
+    }
+}
+
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Create an account; `false` if it already exists.
+    async fn create_account(&self, jid: &str, creds: &AccountCredentials) -> Result<bool>;
+    async fn credentials(&self, jid: &str) -> Result<Option<AccountCredentials>>;
+    /// Replace credentials; `false` if there is no such account.
+    async fn set_credentials(&self, jid: &str, creds: &AccountCredentials) -> Result<bool>;
+    /// Delete an account and everything it owns; `false` if there was none.
+    async fn delete_account(&self, jid: &str) -> Result<bool>;
+    async fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>>;
+    async fn account_exists(&self, jid: &str) -> Result<bool> {
+        Ok(self.credentials(jid).await?.is_some())
+    }
+}
+
+/// RFC 6121 subscription states as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Subscription {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+        }
+    }
+    pub fn parse(s: &str) -> Subscription {
+        match s {
+            "to" => Subscription::To,
+            "from" => Subscription::From,
+            "both" => Subscription::Both,
+            _ => Subscription::None,
+        }
+    }
+    /// The contact receives the user's presence.
+    pub fn has_from(self) -> bool {
+        matches!(self, Subscription::From | Subscription::Both)
+    }
+    /// The user receives the contact's presence.
+    pub fn has_to(self) -> bool {
+        matches!(self, Subscription::To | Subscription::Both)
+    }
+    pub fn with_from(self, on: bool) -> Subscription {
+        Self::from_flags(self.has_to(), on)
+    }
+    pub fn with_to(self, on: bool) -> Subscription {
+        Self::from_flags(on, self.has_from())
+    }
+    fn from_flags(to: bool, from: bool) -> Subscription {
+        match (to, from) {
+            (true, true) => Subscription::Both,
+            (true, false) => Subscription::To,
+            (false, true) => Subscription::From,
+            (false, false) => Subscription::None,
+        }
+    }
+}
+
+/// One roster row: the visible item plus the hidden subscription state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterItem {
+    pub contact: String,
+    pub name: Option<String>,
+    pub subscription: Subscription,
+    /// Outbound subscription request pending ("ask='subscribe'").
+    pub ask: bool,
+    /// Inbound subscription request waiting for the user's answer.
+    pub pending_in: bool,
+    pub pending_in_status: Option<String>,
+    /// Subscription pre-approved by the user (RFC 6121 §3.4).
+    pub approved: bool,
+    /// Shown in roster results (a bare pending-in request is not).
+    pub in_roster: bool,
+    pub groups: Vec<String>,
+}
+
+impl RosterItem {
+    pub fn new(contact: &str) -> Self {
+        RosterItem {
+            contact: contact.to_string(),
+            name: None,
+            subscription: Subscription::None,
+            ask: false,
+            pending_in: false,
+            pending_in_status: None,
+            approved: false,
+            in_roster: false,
+            groups: Vec::new(),
+        }
+    }
+    /// A row with no state left can be deleted.
+    pub fn is_empty(&self) -> bool {
+        !self.in_roster
+            && !self.pending_in
+            && !self.ask
+            && !self.approved
+            && self.subscription == Subscription::None
+    }
+}
+
+#[async_trait]
+pub trait RosterStore: Send + Sync {
+    /// All rows (visible or not) and the current version.
+    async fn roster(&self, owner: &str) -> Result<(i64, Vec<RosterItem>)>;
+    async fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>>;
+    /// Insert or replace a row (or delete it when empty); returns the new version.
+    async fn put_roster_item(&self, owner: &str, item: &RosterItem) -> Result<i64>;
+    /// Delete a row; returns the new version.
+    async fn delete_roster_item(&self, owner: &str, contact: &str) -> Result<i64>;
+    async fn roster_version(&self, owner: &str) -> Result<i64>;
+}
+
+#[async_trait]
+pub trait VCardStore: Send + Sync {
+    async fn vcard(&self, owner: &str) -> Result<Option<String>>;
+    async fn set_vcard(&self, owner: &str, xml: &str) -> Result<()>;
+}
+
+/// All stores, as the server uses them.
+#[derive(Clone)]
+pub struct Storage {
+    pub accounts: Arc<dyn AccountStore>,
+    pub roster: Arc<dyn RosterStore>,
+    pub vcards: Arc<dyn VCardStore>,
+    pub backend: &'static str,
+}
+
+impl Storage {
+    /// Open (and migrate) the database behind `url`.
+    pub async fn open(url: &str, pool_size: Option<u32>) -> Result<Storage> {
+        let store = Arc::new(sql::SqlStore::connect(url, pool_size).await?);
+        store.migrate().await?;
+        Ok(Storage {
+            backend: store.backend(),
+            accounts: store.clone(),
+            roster: store.clone(),
+            vcards: store,
+        })
+    }
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

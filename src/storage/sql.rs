@@ -1,0 +1,307 @@
+//! The SQL implementation of every store, one SQL text for both backends
+//! (`$n` placeholders work on SQLite and PostgreSQL). `with_db!` expands a
+//! body once per backend so each keeps its native driver and types.
+
+use super::*;
+use crate::sasl::ScramCredentials;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+macro_rules! with_db {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($p) => $body,
+            Db::Postgres($p) => $body,
+        }
+    };
+}
+
+pub struct SqlStore {
+    db: Db,
+}
+
+impl SqlStore {
+    pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<SqlStore> {
+        let db = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // WAL + NORMAL: a committed transaction survives a process crash.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(parent) = opts.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StorageError::Other(format!("creating {}: {e}", parent.display()))
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(pool_size.unwrap_or(4))
+                .connect_with(opts)
+                .await?;
+            Db::Sqlite(pool)
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(pool_size.unwrap_or(10))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Db::Postgres(pool)
+        };
+        Ok(SqlStore { db })
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        migrate::run(&self.db).await
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn bump_version(&self, owner: &str) -> Result<i64> {
+        const SQL: &str = "INSERT INTO roster_versions (owner, version) VALUES ($1, 1) \
+             ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1 \
+             RETURNING version";
+        let (v,): (i64,) =
+            with_db!(&self.db, p => sqlx::query_as(SQL).bind(owner).fetch_one(p).await?);
+        Ok(v)
+    }
+}
+
+type CredRow = (
+    Vec<u8>,
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+fn creds_from_row(r: CredRow) -> AccountCredentials {
+    AccountCredentials {
+        sha1: ScramCredentials {
+            salt: r.0,
+            iterations: r.1 as u32,
+            stored_key: r.2,
+            server_key: r.3,
+        },
+        sha256: ScramCredentials {
+            salt: r.4,
+            iterations: r.5 as u32,
+            stored_key: r.6,
+            server_key: r.7,
+        },
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqlStore {
+    async fn create_account(&self, jid: &str, c: &AccountCredentials) -> Result<bool> {
+        const SQL: &str = "INSERT INTO accounts (jid, domain, sha1_salt, sha1_iterations, sha1_stored_key, \
+             sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (jid) DO NOTHING";
+        let domain = jid.rsplit_once('@').map(|(_, d)| d).unwrap_or(jid);
+        let n = with_db!(&self.db, p => sqlx::query(SQL)
+            .bind(jid)
+            .bind(domain)
+            .bind(&c.sha1.salt)
+            .bind(c.sha1.iterations as i64)
+            .bind(&c.sha1.stored_key)
+            .bind(&c.sha1.server_key)
+            .bind(&c.sha256.salt)
+            .bind(c.sha256.iterations as i64)
+            .bind(&c.sha256.stored_key)
+            .bind(&c.sha256.server_key)
+            .bind(now_unix())
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    async fn credentials(&self, jid: &str) -> Result<Option<AccountCredentials>> {
+        const SQL: &str = "SELECT sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key, \
+             sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key FROM accounts WHERE jid = $1";
+        let row: Option<CredRow> =
+            with_db!(&self.db, p => sqlx::query_as(SQL).bind(jid).fetch_optional(p).await?);
+        Ok(row.map(creds_from_row))
+    }
+
+    async fn set_credentials(&self, jid: &str, c: &AccountCredentials) -> Result<bool> {
+        const SQL: &str = "UPDATE accounts SET sha1_salt = $2, sha1_iterations = $3, sha1_stored_key = $4, \
+             sha1_server_key = $5, sha256_salt = $6, sha256_iterations = $7, sha256_stored_key = $8, \
+             sha256_server_key = $9 WHERE jid = $1";
+        let n = with_db!(&self.db, p => sqlx::query(SQL)
+            .bind(jid)
+            .bind(&c.sha1.salt)
+            .bind(c.sha1.iterations as i64)
+            .bind(&c.sha1.stored_key)
+            .bind(&c.sha1.server_key)
+            .bind(&c.sha256.salt)
+            .bind(c.sha256.iterations as i64)
+            .bind(&c.sha256.stored_key)
+            .bind(&c.sha256.server_key)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    async fn delete_account(&self, jid: &str) -> Result<bool> {
+        let n = with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            for sql in [
+                "DELETE FROM roster_items WHERE owner = $1",
+                "DELETE FROM roster_versions WHERE owner = $1",
+                "DELETE FROM vcards WHERE owner = $1",
+            ] {
+                sqlx::query(sql).bind(jid).execute(&mut *tx).await?;
+            }
+            let n = sqlx::query("DELETE FROM accounts WHERE jid = $1")
+                .bind(jid)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            n
+        });
+        Ok(n == 1)
+    }
+
+    async fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = match domain {
+            Some(d) => with_db!(&self.db, p => sqlx::query_as(
+                "SELECT jid FROM accounts WHERE domain = $1 ORDER BY jid").bind(d).fetch_all(p).await?),
+            None => with_db!(&self.db, p => sqlx::query_as(
+                "SELECT jid FROM accounts ORDER BY jid").fetch_all(p).await?),
+        };
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+}
+
+type RosterRow = (
+    String,
+    Option<String>,
+    String,
+    bool,
+    bool,
+    Option<String>,
+    bool,
+    bool,
+    String,
+);
+
+const ROSTER_COLUMNS: &str = "contact, name, subscription, ask_out, pending_in, pending_in_status, approved, in_roster, groups";
+
+fn item_from_row(r: RosterRow) -> RosterItem {
+    RosterItem {
+        contact: r.0,
+        name: r.1,
+        subscription: Subscription::parse(&r.2),
+        ask: r.3,
+        pending_in: r.4,
+        pending_in_status: r.5,
+        approved: r.6,
+        in_roster: r.7,
+        groups: r
+            .8
+            .split('\n')
+            .filter(|g| !g.is_empty())
+            .map(String::from)
+            .collect(),
+    }
+}
+
+#[async_trait]
+impl RosterStore for SqlStore {
+    async fn roster(&self, owner: &str) -> Result<(i64, Vec<RosterItem>)> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROSTER_COLUMNS} FROM roster_items WHERE owner = $1 ORDER BY contact"
+        ));
+        let rows: Vec<RosterRow> =
+            with_db!(&self.db, p => sqlx::query_as(sql).bind(owner).fetch_all(p).await?);
+        let ver = self.roster_version(owner).await?;
+        Ok((ver, rows.into_iter().map(item_from_row).collect()))
+    }
+
+    async fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {ROSTER_COLUMNS} FROM roster_items WHERE owner = $1 AND contact = $2"
+        ));
+        let row: Option<RosterRow> = with_db!(&self.db, p => sqlx::query_as(sql)
+            .bind(owner).bind(contact).fetch_optional(p).await?);
+        Ok(row.map(item_from_row))
+    }
+
+    async fn put_roster_item(&self, owner: &str, item: &RosterItem) -> Result<i64> {
+        if item.is_empty() {
+            return self.delete_roster_item(owner, &item.contact).await;
+        }
+        const SQL: &str = "INSERT INTO roster_items (owner, contact, name, subscription, ask_out, pending_in, \
+             pending_in_status, approved, in_roster, groups) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (owner, contact) DO UPDATE SET name = $3, subscription = $4, ask_out = $5, \
+             pending_in = $6, pending_in_status = $7, approved = $8, in_roster = $9, groups = $10";
+        let groups: Vec<String> = item.groups.iter().map(|g| g.replace('\n', " ")).collect();
+        with_db!(&self.db, p => sqlx::query(SQL)
+            .bind(owner)
+            .bind(&item.contact)
+            .bind(&item.name)
+            .bind(item.subscription.as_str())
+            .bind(item.ask)
+            .bind(item.pending_in)
+            .bind(&item.pending_in_status)
+            .bind(item.approved)
+            .bind(item.in_roster)
+            .bind(groups.join("\n"))
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        self.bump_version(owner).await
+    }
+
+    async fn delete_roster_item(&self, owner: &str, contact: &str) -> Result<i64> {
+        with_db!(&self.db, p => sqlx::query("DELETE FROM roster_items WHERE owner = $1 AND contact = $2")
+            .bind(owner).bind(contact).execute(p).await.map(|_| ())?);
+        self.bump_version(owner).await
+    }
+
+    async fn roster_version(&self, owner: &str) -> Result<i64> {
+        let row: Option<(i64,)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT version FROM roster_versions WHERE owner = $1").bind(owner).fetch_optional(p).await?);
+        Ok(row.map(|r| r.0).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl VCardStore for SqlStore {
+    async fn vcard(&self, owner: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT xml FROM vcards WHERE owner = $1").bind(owner).fetch_optional(p).await?);
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn set_vcard(&self, owner: &str, xml: &str) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query(
+            "INSERT INTO vcards (owner, xml) VALUES ($1, $2) ON CONFLICT (owner) DO UPDATE SET xml = $2")
+            .bind(owner).bind(xml).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test of xmppd. Installs or starts what the tests need when it is
+# missing (PostgreSQL; the conformance suite's Python venv and npm packages).
+#   ./test.sh            everything
+#   ./test.sh --quick    lints and cargo tests only
+set -euo pipefail
+cd "$(dirname "$0")"
+export CARGO_TERM_COLOR=never
+
+step() { echo; echo "=== $* ==="; }
+
+step "PostgreSQL for the storage tests"
+XMPPD_TEST_PG_URL="$(scripts/ensure-postgres.sh)"
+export XMPPD_TEST_PG_URL
+echo "using $XMPPD_TEST_PG_URL"
+
+step "format and lints"
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo tests (unit + integration, SQLite and PostgreSQL)"
+cargo test --quiet 2>&1 | tee target/cargo-test.log
+grep -q "test result: ok" target/cargo-test.log
+
+if [ "${1:-}" = "--quick" ]; then
+  exit 0
+fi
+
+if [ -x conformance/run.sh ]; then
+  step "conformance: independent clients (slixmpp, @xmpp/client) against the server"
+  cargo build --quiet
+  XMPPD_BIN="$PWD/target/debug/xmppd" XMPPD_PG_URL="$XMPPD_TEST_PG_URL" conformance/run.sh
+fi
+echo
+echo "all tests passed"

@@ -1,0 +1,8 @@
+//! Integration tests: the server runs in-process on free ports and the tests
+//! speak XMPP to it over real sockets. One binary keeps link time low.
+
+mod c2s;
+mod common;
+mod im;
+mod storage;
+mod xep;

@@ -1,0 +1,63 @@
+//! XEP-0030 Service Discovery for the server and for accounts.
+
+use super::{IqRequest, Module, Target};
+use crate::server::Server;
+use crate::stanza::{error_reply, iq_result};
+use crate::xml::{BuilderExt, el, ns};
+use async_trait::async_trait;
+use minidom::Element;
+use std::sync::Arc;
+
+pub struct Disco;
+
+#[async_trait]
+impl Module for Disco {
+    fn name(&self) -> &'static str {
+        "disco"
+    }
+    fn namespaces(&self) -> &'static [&'static str] {
+        &[ns::DISCO_INFO, ns::DISCO_ITEMS]
+    }
+    fn features(&self, _t: &Target) -> Vec<&'static str> {
+        vec![ns::DISCO_INFO, ns::DISCO_ITEMS]
+    }
+
+    async fn handle_iq(&self, server: &Arc<Server>, req: &IqRequest<'_>) -> Option<Element> {
+        if req.iq.attr("type") != Some("get") {
+            return error_reply(req.iq, "bad-request", None);
+        }
+        if req.payload.attr("node").is_some() {
+            return error_reply(req.iq, "item-not-found", None);
+        }
+        if req.payload.is("items", ns::DISCO_ITEMS) {
+            // Components (MUC, upload) will list themselves here.
+            return Some(iq_result(
+                req.iq,
+                Some(el("query", ns::DISCO_ITEMS).build()),
+            ));
+        }
+        let mut q = el("query", ns::DISCO_INFO);
+        q = match req.target {
+            Target::Server(_) => q.c(el("identity", ns::DISCO_INFO)
+                .a("category", "server")
+                .a("type", "im")
+                .a("name", "xmppd")
+                .build()),
+            Target::Account { .. } => q.c(el("identity", ns::DISCO_INFO)
+                .a("category", "account")
+                .a("type", "registered")
+                .build()),
+        };
+        let mut features = server.modules.features(req.target);
+        if matches!(req.target, Target::Server(_)) {
+            features.push(ns::ROSTER_VER);
+            features.push(ns::PRE_APPROVAL);
+        }
+        features.sort_unstable();
+        features.dedup();
+        for f in features {
+            q = q.c(el("feature", ns::DISCO_INFO).a("var", f).build());
+        }
+        Some(iq_result(req.iq, Some(q.build())))
+    }
+}
