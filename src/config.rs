@@ -212,7 +212,7 @@ impl Config {
         let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             match line {
                 Some(l) => ConfigError(format!("{}:{l}: {}", path.display(), e.message())),
                 None => ConfigError(format!("{}: {}", path.display(), e.message())),
@@ -312,5 +312,25 @@ impl Config {
 
     pub fn serves(&self, domain: &str) -> bool {
         self.hosts.iter().any(|h| h == domain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid_and_errors_name_the_line() {
+        let text = include_str!("../xmppd.toml.example");
+        let cfg = Config::parse(text, Path::new("xmppd.toml.example")).unwrap();
+        assert_eq!(cfg.hosts, vec!["localhost".to_string()]);
+        let e = Config::parse("hosts = [\"a.example\"]\n\n[limits]\nmax_stanza_bytez = 1\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(e.0.starts_with("x.toml:4:"), "{}", e.0);
+        let e = Config::parse("[modules]\nenabled = [\"nope\"]\n", Path::new("y.toml")).unwrap_err();
+        assert!(e.0.contains("y.toml:2") && e.0.contains("unknown module"), "{}", e.0);
+        let e = Config::parse("[storage]\nurl = \"mysql://x\"\n", Path::new("z.toml")).unwrap_err();
+        assert!(e.0.contains("z.toml:2"), "{}", e.0);
+        assert!(Config::load(None).unwrap().serves("localhost"));
     }
 }
