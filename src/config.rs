@@ -141,6 +141,25 @@ pub struct ModulesConfig {
     /// Feature modules to load, by name (see xep/mod.rs).
     pub enabled: Vec<String>,
     pub version: VersionModuleConfig,
+    pub offline: OfflineModuleConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineModuleConfig {
+    /// Messages kept per account; beyond this senders get an error.
+    pub max_per_user: usize,
+    /// Days a stored message waits before it is discarded.
+    pub retention_days: u32,
+}
+
+impl Default for OfflineModuleConfig {
+    fn default() -> Self {
+        Self {
+            max_per_user: 1000,
+            retention_days: 30,
+        }
+    }
 }
 
 impl Default for ModulesConfig {
@@ -151,6 +170,7 @@ impl Default for ModulesConfig {
                 .map(|s| s.to_string())
                 .collect(),
             version: VersionModuleConfig::default(),
+            offline: OfflineModuleConfig::default(),
         }
     }
 }
@@ -324,11 +344,19 @@ mod tests {
         let text = include_str!("../xmppd.toml.example");
         let cfg = Config::parse(text, Path::new("xmppd.toml.example")).unwrap();
         assert_eq!(cfg.hosts, vec!["localhost".to_string()]);
-        let e = Config::parse("hosts = [\"a.example\"]\n\n[limits]\nmax_stanza_bytez = 1\n", Path::new("x.toml"))
-            .unwrap_err();
+        let e = Config::parse(
+            "hosts = [\"a.example\"]\n\n[limits]\nmax_stanza_bytez = 1\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
         assert!(e.0.starts_with("x.toml:4:"), "{}", e.0);
-        let e = Config::parse("[modules]\nenabled = [\"nope\"]\n", Path::new("y.toml")).unwrap_err();
-        assert!(e.0.contains("y.toml:2") && e.0.contains("unknown module"), "{}", e.0);
+        let e =
+            Config::parse("[modules]\nenabled = [\"nope\"]\n", Path::new("y.toml")).unwrap_err();
+        assert!(
+            e.0.contains("y.toml:2") && e.0.contains("unknown module"),
+            "{}",
+            e.0
+        );
         let e = Config::parse("[storage]\nurl = \"mysql://x\"\n", Path::new("z.toml")).unwrap_err();
         assert!(e.0.contains("z.toml:2"), "{}", e.0);
         assert!(Config::load(None).unwrap().serves("localhost"));

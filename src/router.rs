@@ -52,6 +52,8 @@ pub struct SessionShared {
     available: Mutex<Option<Available>>,
     /// Requested the roster, so receives roster pushes (RFC 6121 §2.1.6).
     pub interested: AtomicBool,
+    /// Opted in to XEP-0280 carbons.
+    pub carbons: AtomicBool,
     kill: Notify,
     kill_reason: Mutex<Option<Kill>>,
 }

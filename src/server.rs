@@ -84,6 +84,9 @@ pub async fn start(config: Config) -> Result<Running> {
     let (tx, rx) = watch::channel(false);
     let mut listeners = Vec::new();
     let mut tasks = Vec::new();
+    if server.modules.enabled("offline") {
+        tasks.push(crate::xep::offline::spawn_expiry(server.clone()));
+    }
     for l in &server.config.listeners {
         let addr = format!("{}:{}", l.address, l.port);
         let listener = TcpListener::bind(&addr)

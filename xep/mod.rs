@@ -2,7 +2,10 @@
 //! it answers and the disco features it adds; it is enabled by name in
 //! `[modules] enabled`. Core RFC 6120/6121 behaviour is not a module.
 
+pub mod carbons;
 pub mod disco;
+pub mod last;
+pub mod offline;
 pub mod ping;
 pub mod register;
 pub mod time;
@@ -17,7 +20,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Every module name the config accepts (all on by default).
-pub const ALL_MODULES: &[&str] = &["disco", "ping", "version", "time", "vcard", "register"];
+pub const ALL_MODULES: &[&str] = &[
+    "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons",
+];
 
 /// Who an IQ is addressed to, when the server answers it itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +70,9 @@ impl Modules {
                 "time" => Arc::new(time::Time),
                 "vcard" => Arc::new(vcard::VCard),
                 "register" => Arc::new(register::Register),
+                "offline" => Arc::new(offline::Offline),
+                "last" => Arc::new(last::Last),
+                "carbons" => Arc::new(carbons::Carbons),
                 _ => continue,
             };
             list.push(m);

@@ -199,7 +199,7 @@ impl Session {
         let result = match e.name() {
             "message" => {
                 let to = to.unwrap_or_else(|| Jid::from(self.bare.clone()));
-                im::message::route(&self.server, e, to).await;
+                im::message::from_session(&self.server, &self.jid, e, to).await;
                 Ok(())
             }
             "presence" => {

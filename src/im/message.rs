@@ -1,12 +1,20 @@
-//! Message routing (RFC 6121 §8.5) for local recipients.
+//! Message routing (RFC 6121 §8.5) for local recipients, with carbons
+//! (XEP-0280) and offline storage (XEP-0160) where those modules are on.
 
 use crate::im::bounce;
 use crate::router::to_bytes;
 use crate::server::Server;
-use jid::{BareJid, Jid};
+use crate::xep::{carbons, offline};
+use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 
-/// Route a message from a local session (`from` already stamped).
+/// A message from one of our sessions (`from` already stamped).
+pub async fn from_session(server: &Server, sender: &FullJid, msg: Element, to: Jid) {
+    carbons::copy_sent(server, sender, &msg);
+    route(server, msg, to).await;
+}
+
+/// Route a message to `to`, whatever its origin.
 pub async fn route(server: &Server, msg: Element, to: Jid) {
     let kind = msg.attr("type").unwrap_or("normal").to_string();
     let kind = kind.as_str();
@@ -22,13 +30,14 @@ pub async fn route(server: &Server, msg: Element, to: Jid) {
         }
         return;
     }
+    let bare = to.to_bare();
     if let Ok(full) = to.try_as_full()
         && let Some(h) = server.registry.session(full)
     {
         h.send(to_bytes(&msg));
+        carbons::copy_received(server, &bare, &[h.id], &msg);
         return;
     }
-    let bare = to.to_bare();
     if to.resource().is_some() && !matches!(kind, "chat" | "normal") {
         // RFC 6121 §8.5.3.2.1: only chat/normal fall back to the bare JID.
         if kind == "groupchat" {
@@ -66,9 +75,12 @@ async fn deliver_bare(server: &Server, msg: Element, kind: &str, bare: &BareJid)
     };
     if !targets.is_empty() {
         let bytes = to_bytes(&msg);
+        let mut delivered = Vec::with_capacity(targets.len());
         for (h, _) in targets {
             h.send(bytes.clone());
+            delivered.push(h.id);
         }
+        carbons::copy_received(server, bare, &delivered, &msg);
         return;
     }
     if kind == "headline" {
@@ -82,15 +94,27 @@ async fn deliver_bare(server: &Server, msg: Element, kind: &str, bare: &BareJid)
             return;
         }
     };
-    if exists {
-        // No offline storage module yet (issue 4): tell the sender it was not delivered.
+    if !exists {
+        bounce(server, &msg, "service-unavailable", None);
+        return;
+    }
+    if !server.modules.enabled("offline") {
         bounce(
             server,
             &msg,
             "service-unavailable",
             Some("recipient is offline"),
         );
-    } else {
-        bounce(server, &msg, "service-unavailable", None);
+        return;
+    }
+    match offline::store(server, bare, &msg).await {
+        offline::Stored::Yes | offline::Stored::NotStorable => {}
+        offline::Stored::Full => bounce(
+            server,
+            &msg,
+            "service-unavailable",
+            Some("the recipient's offline storage is full"),
+        ),
+        offline::Stored::Failed => bounce(server, &msg, "internal-server-error", None),
     }
 }

@@ -76,6 +76,9 @@ async fn broadcast_available(server: &Server, h: &SessionHandle, mut p: Element)
     // All of the user's own available resources, the sender included (RFC 6121 §4.2.2).
     to_available(server, &user, &p);
     if initial {
+        if priority(&p) >= 0 && server.modules.enabled("offline") {
+            crate::xep::offline::deliver(server, h).await;
+        }
         for item in roster.iter() {
             let Ok(contact) = BareJid::new(&item.contact) else {
                 continue;
@@ -138,7 +141,8 @@ pub async fn broadcast_unavailable(
     p: Option<Element>,
 ) -> Result<()> {
     let user = h.jid.to_bare();
-    let was_available = h.shared.available().is_some();
+    let previous = h.shared.available();
+    let was_available = previous.is_some();
     h.shared.set_available(None);
     let mut p = p.unwrap_or_else(|| el("presence", ns::CLIENT).a("type", "unavailable").build());
     p.set("from", h.jid.as_str());
@@ -151,6 +155,19 @@ pub async fn broadcast_unavailable(
     }
     if !was_available {
         return Ok(());
+    }
+    if server.modules.enabled("last") && server.registry.available(&user).is_empty() {
+        // The status given when leaving, else the last one shown (a dropped connection says nothing).
+        let status = p
+            .get_child("status", ns::CLIENT)
+            .or_else(|| {
+                previous
+                    .as_ref()
+                    .and_then(|a| a.stanza.get_child("status", ns::CLIENT))
+            })
+            .map(|s| s.text())
+            .unwrap_or_default();
+        crate::xep::last::record(server, &user, &status).await;
     }
     let (_, roster) = server.storage.roster.roster(user.as_str()).await?;
     for item in roster.iter().filter(|i| i.subscription.has_from()) {

@@ -160,12 +160,34 @@ pub trait VCardStore: Send + Sync {
     async fn set_vcard(&self, owner: &str, xml: &str) -> Result<()>;
 }
 
+/// XEP-0160 offline messages: stored serialized, delivered in order.
+#[async_trait]
+pub trait OfflineStore: Send + Sync {
+    /// Append unless the owner already has `max` messages; `false` when full.
+    async fn store_offline(&self, owner: &str, stanza: &str, max: usize) -> Result<bool>;
+    /// All stored messages, oldest first, with their ids.
+    async fn offline_messages(&self, owner: &str) -> Result<Vec<(i64, String)>>;
+    /// Delete the owner's messages with id <= `upto`.
+    async fn delete_offline(&self, owner: &str, upto: i64) -> Result<()>;
+    /// Delete messages stored before `before` (unix seconds); returns how many.
+    async fn expire_offline(&self, before: i64) -> Result<u64>;
+}
+
+/// XEP-0012: when an account was last seen, and its last status.
+#[async_trait]
+pub trait LastActivityStore: Send + Sync {
+    async fn set_last_activity(&self, owner: &str, seen_at: i64, status: &str) -> Result<()>;
+    async fn last_activity(&self, owner: &str) -> Result<Option<(i64, String)>>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
     pub accounts: Arc<dyn AccountStore>,
     pub roster: Arc<dyn RosterStore>,
     pub vcards: Arc<dyn VCardStore>,
+    pub offline: Arc<dyn OfflineStore>,
+    pub last: Arc<dyn LastActivityStore>,
     pub backend: &'static str,
 }
 
@@ -178,7 +200,9 @@ impl Storage {
             backend: store.backend(),
             accounts: store.clone(),
             roster: store.clone(),
-            vcards: store,
+            vcards: store.clone(),
+            offline: store.clone(),
+            last: store,
         })
     }
 }

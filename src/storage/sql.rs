@@ -172,6 +172,8 @@ impl AccountStore for SqlStore {
                 "DELETE FROM roster_items WHERE owner = $1",
                 "DELETE FROM roster_versions WHERE owner = $1",
                 "DELETE FROM vcards WHERE owner = $1",
+                "DELETE FROM offline_messages WHERE owner = $1",
+                "DELETE FROM last_activity WHERE owner = $1",
             ] {
                 sqlx::query(sql).bind(jid).execute(&mut *tx).await?;
             }
@@ -303,5 +305,54 @@ impl VCardStore for SqlStore {
             "INSERT INTO vcards (owner, xml) VALUES ($1, $2) ON CONFLICT (owner) DO UPDATE SET xml = $2")
             .bind(owner).bind(xml).execute(p).await.map(|_| ())?);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl OfflineStore for SqlStore {
+    async fn store_offline(&self, owner: &str, stanza: &str, max: usize) -> Result<bool> {
+        // Count and insert in one statement so the cap holds under concurrency.
+        const SQL: &str = "INSERT INTO offline_messages (owner, stanza, created_at) \
+             SELECT $1, $2, $3 WHERE (SELECT COUNT(*) FROM offline_messages WHERE owner = $1) < $4";
+        let n = with_db!(&self.db, p => sqlx::query(SQL)
+            .bind(owner).bind(stanza).bind(now_unix()).bind(max as i64)
+            .execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    async fn offline_messages(&self, owner: &str) -> Result<Vec<(i64, String)>> {
+        Ok(with_db!(&self.db, p => sqlx::query_as(
+            "SELECT id, stanza FROM offline_messages WHERE owner = $1 ORDER BY id")
+            .bind(owner).fetch_all(p).await?))
+    }
+
+    async fn delete_offline(&self, owner: &str, upto: i64) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query("DELETE FROM offline_messages WHERE owner = $1 AND id <= $2")
+            .bind(owner).bind(upto).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    async fn expire_offline(&self, before: i64) -> Result<u64> {
+        Ok(
+            with_db!(&self.db, p => sqlx::query("DELETE FROM offline_messages WHERE created_at < $1")
+            .bind(before).execute(p).await?.rows_affected()),
+        )
+    }
+}
+
+#[async_trait]
+impl LastActivityStore for SqlStore {
+    async fn set_last_activity(&self, owner: &str, seen_at: i64, status: &str) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query(
+            "INSERT INTO last_activity (owner, seen_at, status) VALUES ($1, $2, $3) \
+             ON CONFLICT (owner) DO UPDATE SET seen_at = $2, status = $3")
+            .bind(owner).bind(seen_at).bind(status).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    async fn last_activity(&self, owner: &str) -> Result<Option<(i64, String)>> {
+        Ok(with_db!(&self.db, p => sqlx::query_as(
+            "SELECT seen_at, status FROM last_activity WHERE owner = $1")
+            .bind(owner).fetch_optional(p).await?))
     }
 }

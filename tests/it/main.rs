@@ -3,6 +3,7 @@
 
 mod c2s;
 mod common;
+mod delivery;
 mod im;
 mod storage;
 mod xep;

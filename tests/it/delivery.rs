@@ -1,0 +1,240 @@
+//! Issue 4 behaviour so far: offline storage (XEP-0160 + XEP-0203 delay),
+//! last activity (XEP-0012) and message carbons (XEP-0280).
+
+use crate::common::*;
+
+fn body(e: &minidom::Element) -> String {
+    e.get_child("body", "jabber:client")
+        .map(|b| b.text())
+        .unwrap_or_default()
+}
+
+async fn offline_in_order(backend: Backend) {
+    let mut s = TestServer::start_with(backend, |_| {}).await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    for i in 0..5 {
+        alice.send(&format!("<message to='bob@localhost' type='chat' id='c{i}'><body>msg {i}</body><request xmlns='urn:xmpp:receipts'/></message>")).await;
+    }
+    alice
+        .send("<message to='bob@localhost' type='headline'><body>news</body></message>")
+        .await;
+    alice.send("<message to='bob@localhost' id='rcpt'><received xmlns='urn:xmpp:receipts' id='x1'/></message>").await;
+    alice.sync().await;
+    // Nothing bounced back to Alice: the messages were accepted for storage.
+    alice
+        .send("<message to='nobody@localhost' id='probe'><body>?</body></message>")
+        .await;
+    let e = alice.recv_until(|e| e.name() == "message").await;
+    assert_eq!(
+        e.attr("id"),
+        Some("probe"),
+        "an offline message was bounced: {}",
+        xml(&e)
+    );
+
+    // Survives a restart.
+    s.restart().await;
+    let mut bob = Client::login(s.addr(), "bob", "pw", "phone").await;
+    bob.send("<presence/>").await;
+    for i in 0..5 {
+        let m = bob.recv_until(|e| e.name() == "message").await;
+        assert_eq!(m.attr("id"), Some(format!("c{i}").as_str()), "in order");
+        assert_eq!(body(&m), format!("msg {i}"));
+        assert_eq!(m.attr("from"), Some("alice@localhost/r"));
+        let d = m
+            .get_child("delay", "urn:xmpp:delay")
+            .expect("XEP-0203 delay stamp");
+        assert!(d.attr("stamp").unwrap().ends_with('Z'));
+        assert!(m.has_child("request", "urn:xmpp:receipts"));
+    }
+    let m = bob.recv_until(|e| e.name() == "message").await;
+    assert_eq!(
+        m.attr("id"),
+        Some("rcpt"),
+        "receipts are stored, headlines are not: {}",
+        xml(&m)
+    );
+    bob.close().await;
+    // Delivered once only.
+    let mut bob = Client::login(s.addr(), "bob", "pw", "phone").await;
+    bob.send("<presence/>").await;
+    bob.send("<message to='bob@localhost/phone' id='self'><body>me</body></message>")
+        .await;
+    let m = bob.recv_until(|e| e.name() == "message").await;
+    assert_eq!(
+        m.attr("id"),
+        Some("self"),
+        "offline messages delivered twice"
+    );
+}
+
+#[tokio::test]
+async fn offline_messages_wait_and_arrive_in_order_sqlite() {
+    offline_in_order(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn offline_messages_wait_and_arrive_in_order_postgres() {
+    offline_in_order(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn offline_cap_bounces_and_negative_priority_waits() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| c.modules.offline.max_per_user = 2).await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    for i in 0..3 {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost' type='chat' id='m{i}'><body>{i}</body></message>"
+            ))
+            .await;
+    }
+    let e = alice.recv_until(|e| e.name() == "message").await;
+    assert_eq!(e.attr("id"), Some("m2"));
+    assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
+
+    // A resource with negative priority does not take offline messages.
+    let mut bob = Client::login(s.addr(), "bob", "pw", "bg").await;
+    bob.send("<presence><priority>-1</priority></presence>")
+        .await;
+    bob.send("<message to='bob@localhost/bg' id='self'/>").await;
+    let m = bob.recv_until(|e| e.name() == "message").await;
+    assert_eq!(m.attr("id"), Some("self"));
+    bob.send("<presence><priority>0</priority></presence>")
+        .await;
+    bob.sync().await;
+    let mut bob2 = Client::login(s.addr(), "bob", "pw", "fg").await;
+    bob2.send("<presence/>").await;
+    assert_eq!(
+        bob2.recv_until(|e| e.name() == "message").await.attr("id"),
+        Some("m0")
+    );
+    assert_eq!(
+        bob2.recv_until(|e| e.name() == "message").await.attr("id"),
+        Some("m1")
+    );
+}
+
+#[tokio::test]
+async fn last_activity_for_contacts_only() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    // Alice subscribes to Bob; Bob approves.
+    alice
+        .send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    bob.recv_until(|e| e.name() == "presence" && e.attr("type") == Some("subscribe"))
+        .await;
+    bob.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
+    alice
+        .recv_until(|e| e.name() == "presence" && e.attr("type") == Some("subscribed"))
+        .await;
+
+    let q = "<iq type='get' id='{id}' to='bob@localhost'><query xmlns='jabber:iq:last'/></iq>";
+    let r = alice.iq(q).await;
+    assert_eq!(
+        r.get_child("query", "jabber:iq:last")
+            .unwrap()
+            .attr("seconds"),
+        Some("0"),
+        "online → 0"
+    );
+    bob.send("<presence type='unavailable'><status>gone fishing</status></presence>")
+        .await;
+    bob.sync().await;
+    let r = alice.iq(q).await;
+    let last = r.get_child("query", "jabber:iq:last").unwrap();
+    assert!(last.attr("seconds").unwrap().parse::<u64>().is_ok());
+    assert_eq!(last.text(), "gone fishing");
+    // A stranger is refused.
+    let mut carol = s.login("carol", "pw", "r").await;
+    let r = carol.iq(q).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
+    // The server's uptime.
+    let r = carol
+        .iq("<iq type='get' id='{id}' to='localhost'><query xmlns='jabber:iq:last'/></iq>")
+        .await;
+    assert!(
+        r.get_child("query", "jabber:iq:last")
+            .unwrap()
+            .attr("seconds")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn carbons_copy_both_directions() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut desk = Client::online(s.addr(), "alice", "pw", "desk").await;
+    let mut phone = Client::online(s.addr(), "alice", "pw", "phone").await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    for c in [&mut desk, &mut phone] {
+        let r = c
+            .iq("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+            .await;
+        assert_eq!(r.attr("type"), Some("result"));
+    }
+    // Received on desk → copy on phone.
+    bob.send(
+        "<message to='alice@localhost/desk' type='chat' id='b1'><body>hi desk</body></message>",
+    )
+    .await;
+    assert_eq!(
+        body(&desk.recv_until(|e| e.name() == "message").await),
+        "hi desk"
+    );
+    let c = phone.recv_until(|e| e.name() == "message").await;
+    assert_eq!(c.attr("from"), Some("alice@localhost"));
+    let inner = c
+        .get_child("received", "urn:xmpp:carbons:2")
+        .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+        .and_then(|f| f.get_child("message", "jabber:client"))
+        .expect("received carbon");
+    assert_eq!(body(inner), "hi desk");
+    assert_eq!(inner.attr("from"), Some("bob@localhost/r"));
+    // Sent from desk → copy on phone.
+    desk.send("<message to='bob@localhost' type='chat' id='a1'><body>hello bob</body></message>")
+        .await;
+    bob.recv_until(|e| e.name() == "message").await;
+    let c = phone.recv_until(|e| e.name() == "message").await;
+    let inner = c
+        .get_child("sent", "urn:xmpp:carbons:2")
+        .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+        .and_then(|f| f.get_child("message", "jabber:client"))
+        .expect("sent carbon");
+    assert_eq!(inner.attr("from"), Some("alice@localhost/desk"));
+    assert_eq!(body(inner), "hello bob");
+    // <private/> is not copied; disabling stops copies.
+    desk.send("<message to='bob@localhost' type='chat' id='a2'><body>secret</body><private xmlns='urn:xmpp:carbons:2'/></message>").await;
+    bob.recv_until(|e| e.attr("id") == Some("a2")).await;
+    let r = phone
+        .iq("<iq type='set' id='{id}'><disable xmlns='urn:xmpp:carbons:2'/></iq>")
+        .await;
+    assert_eq!(r.attr("type"), Some("result"));
+    desk.send(
+        "<message to='bob@localhost' type='chat' id='a3'><body>after disable</body></message>",
+    )
+    .await;
+    bob.recv_until(|e| e.attr("id") == Some("a3")).await;
+    phone
+        .send("<message to='alice@localhost/phone' id='marker'><body>mark</body></message>")
+        .await;
+    let next = phone.recv_until(|e| e.name() == "message").await;
+    assert_eq!(
+        next.attr("id"),
+        Some("marker"),
+        "unexpected copy: {}",
+        xml(&next)
+    );
+}

@@ -1,0 +1,141 @@
+//! XEP-0160 offline storage: chat and normal messages to an account with no
+//! available resource are stored (with a XEP-0203 delay stamp) and delivered,
+//! in order, when a resource sends initial presence with non-negative priority.
+//! Over the per-user cap the sender gets an error; nothing is dropped silently.
+
+use super::{IqRequest, Module, Target};
+use crate::router::{SessionHandle, to_bytes};
+use crate::server::Server;
+use crate::storage::now_unix;
+use crate::util::xmpp_datetime;
+use crate::xml::{BuilderExt, ElementExt, el, ns};
+use async_trait::async_trait;
+use jid::BareJid;
+use minidom::Element;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub struct Offline;
+
+#[async_trait]
+impl Module for Offline {
+    fn name(&self) -> &'static str {
+        "offline"
+    }
+    fn namespaces(&self) -> &'static [&'static str] {
+        &[]
+    }
+    fn features(&self, t: &Target) -> Vec<&'static str> {
+        match t {
+            Target::Server(_) => vec!["msgoffline"],
+            _ => vec![],
+        }
+    }
+    async fn handle_iq(&self, _server: &Arc<Server>, _req: &IqRequest<'_>) -> Option<Element> {
+        None
+    }
+}
+
+pub enum Stored {
+    Yes,
+    /// The owner's store is at its cap.
+    Full,
+    /// Not a kind of message we keep (headline, groupchat, error).
+    NotStorable,
+    Failed,
+}
+
+/// Chat and normal messages are kept; headline, groupchat and error are not.
+pub fn storable(msg: &Element) -> bool {
+    matches!(msg.attr("type"), None | Some("normal") | Some("chat"))
+}
+
+pub async fn store(server: &Server, owner: &BareJid, msg: &Element) -> Stored {
+    if !storable(msg) {
+        return Stored::NotStorable;
+    }
+    let mut copy = msg.clone();
+    copy.append_child(
+        el("delay", ns::DELAY)
+            .a("from", owner.domain().as_str())
+            .a("stamp", xmpp_datetime(SystemTime::now()))
+            .build(),
+    );
+    let xml = String::from_utf8(copy.to_bytes()).unwrap_or_default();
+    let max = server.config.modules.offline.max_per_user;
+    match server
+        .storage
+        .offline
+        .store_offline(owner.as_str(), &xml, max)
+        .await
+    {
+        Ok(true) => Stored::Yes,
+        Ok(false) => Stored::Full,
+        Err(e) => {
+            tracing::error!(error = %e, "offline store failed");
+            Stored::Failed
+        }
+    }
+}
+
+/// Send everything stored for the session's account to it, oldest first.
+pub async fn deliver(server: &Server, h: &SessionHandle) {
+    let owner = h.jid.to_bare();
+    let msgs = match server
+        .storage
+        .offline
+        .offline_messages(owner.as_str())
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "loading offline messages failed");
+            return;
+        }
+    };
+    let Some(last) = msgs.last().map(|(id, _)| *id) else {
+        return;
+    };
+    for (_, xml) in &msgs {
+        match xml.parse::<Element>() {
+            Ok(mut m) => {
+                m.set("to", h.jid.as_str());
+                if !h.send(to_bytes(&m)) {
+                    // The session went away: keep everything for the next one.
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping unreadable offline message"),
+        }
+    }
+    if let Err(e) = server
+        .storage
+        .offline
+        .delete_offline(owner.as_str(), last)
+        .await
+    {
+        tracing::error!(error = %e, "deleting delivered offline messages failed");
+    }
+    tracing::debug!(jid = %h.jid, count = msgs.len(), "delivered offline messages");
+}
+
+/// Drop messages older than the retention period, hourly.
+pub fn spawn_expiry(server: Arc<Server>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let retention = server.config.modules.offline.retention_days as i64 * 86_400;
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            match server
+                .storage
+                .offline
+                .expire_offline(now_unix() - retention)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(count = n, "expired offline messages"),
+                Err(e) => tracing::warn!(error = %e, "offline expiry failed"),
+            }
+        }
+    })
+}
