@@ -79,6 +79,8 @@ pub struct C2sConfig {
     pub ping_timeout: u64,
     /// Seconds allowed for a connection to authenticate and bind.
     pub login_timeout: u64,
+    /// Seconds a stream-management session waits for its client to resume (XEP-0198).
+    pub resume_timeout: u64,
 }
 
 impl Default for C2sConfig {
@@ -88,6 +90,7 @@ impl Default for C2sConfig {
             ping_interval: 120,
             ping_timeout: 60,
             login_timeout: 60,
+            resume_timeout: 300,
         }
     }
 }

@@ -21,6 +21,7 @@ pub struct Server {
     pub modules: Modules,
     pub tls: Arc<rustls::ServerConfig>,
     pub auth_limiter: AuthLimiter,
+    pub resumptions: crate::xep::sm::Resumptions,
     pub started: Instant,
     connections: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -77,6 +78,7 @@ pub async fn start(config: Config) -> Result<Running> {
         modules,
         tls,
         auth_limiter: AuthLimiter::default(),
+        resumptions: Default::default(),
         started: Instant::now(),
         connections: Mutex::new(HashMap::new()),
         config,

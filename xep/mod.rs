@@ -8,6 +8,7 @@ pub mod last;
 pub mod offline;
 pub mod ping;
 pub mod register;
+pub mod sm;
 pub mod time;
 pub mod vcard;
 pub mod version;

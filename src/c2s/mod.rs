@@ -38,6 +38,8 @@ pub(crate) enum Abort {
     StreamError(&'static str, Option<String>),
     /// The peer went away or closed its stream: just close.
     Closed,
+    /// The connection was handed to a resumed session (XEP-0198).
+    Resumed,
 }
 
 impl From<ConnError> for Abort {
@@ -94,6 +96,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: 
             let domain = neg.domain.clone();
             conn.stream_error(cond, text.as_deref(), &domain).await;
         }
+        Err(Abort::Resumed) => {}
         Err(Abort::Closed) => {
             if conn.header_sent {
                 let _ = conn.write(b"</stream:stream>").await;
@@ -212,6 +215,7 @@ impl Negotiation {
                 .c(el("session", ns::SESSION)
                     .c(el("optional", ns::SESSION).build())
                     .build())
+                .c(el("sm", crate::xep::sm::NS).build())
                 .c(el("ver", ns::ROSTER_VER).build())
                 .c(el("sub", ns::PRE_APPROVAL).build());
         }
@@ -579,6 +583,10 @@ impl Negotiation {
             let StreamEvent::Stanza(e) = ev else {
                 return Err(Abort::Closed);
             };
+            if e.is("resume", crate::xep::sm::NS) {
+                self.resume(conn, &bare, &e).await?;
+                continue;
+            }
             if !e.is("iq", ns::CLIENT) {
                 return Err(Abort::StreamError(
                     "not-authorized",
@@ -635,6 +643,56 @@ impl Negotiation {
                 "not-authorized",
                 Some("bind a resource first".into()),
             ));
+        }
+    }
+}
+
+impl Negotiation {
+    /// XEP-0198 `<resume/>` instead of bind: hand this connection to the
+    /// hibernated session. Returns only when resumption failed (the client may bind).
+    async fn resume(
+        &mut self,
+        conn: &mut XmlConn,
+        bare: &BareJid,
+        e: &Element,
+    ) -> Result<(), Abort> {
+        use crate::xep::sm::{NS, Resume, parse_h};
+        let (Some(previd), Some(h)) = (e.attr("previd"), parse_h(e)) else {
+            conn.write(
+                format!(
+                    "<failed xmlns='{NS}'><bad-request xmlns='{}'/></failed>",
+                    ns::STANZA_ERRORS
+                )
+                .as_bytes(),
+            )
+            .await?;
+            return Ok(());
+        };
+        let taken = std::mem::replace(
+            conn,
+            XmlConn::new(Transport::Gone, &self.server.config.limits),
+        );
+        match self
+            .server
+            .resumptions
+            .take_over(previd, bare, Resume { conn: taken, h })
+        {
+            Ok(jid) => {
+                tracing::info!(jid = %jid, "resuming stream");
+                Err(Abort::Resumed)
+            }
+            Err(back) => {
+                *conn = back.conn;
+                conn.write(
+                    format!(
+                        "<failed xmlns='{NS}'><item-not-found xmlns='{}'/></failed>",
+                        ns::STANZA_ERRORS
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+                Ok(())
+            }
         }
     }
 }

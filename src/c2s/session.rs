@@ -1,5 +1,7 @@
 //! A bound client session: reads stanzas, stamps and routes them, writes what
-//! the router queued for it, pings it when silent, and cleans up on any end.
+//! the router queued for it, pings it when silent, counts and resends for
+//! stream management (XEP-0198), and cleans up on any end: what the client
+//! never received is routed again rather than lost.
 
 use super::Bound;
 use super::conn::{ConnError, XmlConn};
@@ -7,6 +9,7 @@ use crate::im::{self, presence::PresenceState};
 use crate::router::{Kill, SessionHandle};
 use crate::server::Server;
 use crate::stanza::{error_reply, is_stanza};
+use crate::xep::sm::{self, AckError, Resume, SmState};
 use crate::xep::{IqRequest, Target};
 use crate::xml::{BuilderExt, ElementExt, StreamEvent, el, ns};
 use bytes::Bytes;
@@ -14,17 +17,26 @@ use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Stanzas written per flush at most.
 const WRITE_BATCH: usize = 64;
+/// Ask the client for an ack once this many stanzas are unacknowledged.
+const REQUEST_ACK_AFTER: usize = 5;
 
 enum End {
     /// The client closed its stream: answer with ours.
     Closed,
-    /// The connection broke.
+    /// The connection broke (and the session was not resumable, or resumption timed out).
     Lost,
     StreamError(&'static str, Option<String>),
+}
+
+/// What ended the handling of one element.
+enum Flow {
+    Continue,
+    End(End),
 }
 
 struct Session {
@@ -35,9 +47,25 @@ struct Session {
     presence: PresenceState,
     /// Id of our outstanding ping, if any.
     ping_id: Option<String>,
+    sm: Option<SmState>,
+    resume_rx: Option<mpsc::Receiver<Resume>>,
 }
 
-pub async fn run(server: Arc<Server>, mut conn: XmlConn, bound: Bound) {
+async fn read(conn: &mut Option<XmlConn>) -> Result<(), ConnError> {
+    match conn {
+        Some(c) => c.read_some().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn resumption(rx: &mut Option<mpsc::Receiver<Resume>>) -> Option<Resume> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
     let Bound { handle, mut rx } = bound;
     let mut s = Session {
         jid: handle.jid.clone(),
@@ -46,28 +74,39 @@ pub async fn run(server: Arc<Server>, mut conn: XmlConn, bound: Bound) {
         handle: handle.clone(),
         presence: PresenceState::default(),
         ping_id: None,
+        sm: None,
+        resume_rx: None,
     };
     let ping_interval = Duration::from_secs(server.config.c2s.ping_interval.max(1));
     let ping_timeout = Duration::from_secs(server.config.c2s.ping_timeout.max(1));
+    let resume_timeout = Duration::from_secs(server.config.c2s.resume_timeout.max(1));
+    let max_unacked = server.config.limits.outbound_queue * 4;
+    let mut conn = Some(conn);
+    // When the connection broke (hibernating, waiting for a resumption).
+    let mut lost_at: Option<Instant> = None;
     let mut last_read = Instant::now();
     let mut out: Vec<u8> = Vec::new();
 
     let end = 'run: loop {
-        while let Some(ev) = conn.pop() {
-            match ev {
-                StreamEvent::Stanza(e) => {
-                    if let Err(end) = s.stanza(e).await {
-                        break 'run end;
-                    }
+        if let Some(c) = conn.as_mut() {
+            while let Some(ev) = c.pop() {
+                let flow = match ev {
+                    StreamEvent::Stanza(e) => s.element(c, e).await,
+                    StreamEvent::Close => Flow::End(End::Closed),
+                    StreamEvent::Header(_) => Flow::End(End::StreamError("not-well-formed", None)),
+                };
+                if let Flow::End(end) = flow {
+                    break 'run end;
                 }
-                StreamEvent::Close => break 'run End::Closed,
-                StreamEvent::Header(_) => break 'run End::StreamError("not-well-formed", None),
             }
         }
-        let deadline = match s.ping_id {
-            Some(_) => last_read + ping_interval + ping_timeout,
-            None => last_read + ping_interval,
+        let deadline = match (lost_at, &s.ping_id) {
+            (Some(t), _) => t + resume_timeout,
+            (None, Some(_)) => last_read + ping_interval + ping_timeout,
+            (None, None) => last_read + ping_interval,
         };
+        // A broken connection: hibernate if resumable, else end.
+        let mut broken = false;
         tokio::select! {
             biased;
             k = handle.shared.killed() => {
@@ -78,86 +117,111 @@ pub async fn run(server: Arc<Server>, mut conn: XmlConn, bound: Bound) {
                     Kill::Shutdown => "server shutting down".into(),
                 }));
             }
+            Some(r) = resumption(&mut s.resume_rx) => {
+                match s.resume(r).await {
+                    Some(c) => {
+                        conn = Some(c);
+                        lost_at = None;
+                        last_read = Instant::now();
+                        s.ping_id = None;
+                    }
+                    None => broken = conn.is_none(),
+                }
+            }
             Some(first) = rx.recv() => {
                 out.clear();
-                out.extend_from_slice(&first);
-                for _ in 1..WRITE_BATCH {
+                let mut batch = vec![first];
+                while batch.len() < WRITE_BATCH {
                     match rx.try_recv() {
-                        Ok(b) => out.extend_from_slice(&b),
+                        Ok(b) => batch.push(b),
                         Err(_) => break,
                     }
                 }
-                // A client that stops reading blocks this write; a kill (queue
-                // overflow, conflict) must still end the session promptly.
-                let written = tokio::select! {
-                    r = conn.write(&out) => r.is_ok(),
-                    _ = handle.shared.killed() => false,
-                };
-                if !written {
-                    break End::Lost;
+                for b in batch {
+                    out.extend_from_slice(&b);
+                    if let Some(sm) = s.sm.as_mut() {
+                        sm.record_sent(b);
+                    }
+                }
+                if let Some(sm) = s.sm.as_mut() {
+                    if sm.unacked.len() > max_unacked {
+                        break End::StreamError("policy-violation", Some("too many unacknowledged stanzas".into()));
+                    }
+                    if sm.unacked.len() >= REQUEST_ACK_AFTER && !sm.requested {
+                        sm.requested = true;
+                        out.extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
+                    }
+                }
+                if let Some(c) = conn.as_mut() {
+                    // A client that stops reading blocks this write; a kill (queue
+                    // overflow, conflict) must still end the session promptly.
+                    let written = tokio::select! {
+                        r = c.write(&out) => r.is_ok(),
+                        _ = handle.shared.killed() => false,
+                    };
+                    broken = !written;
                 }
                 if out.capacity() > 64 * 1024 {
                     out = Vec::new();
                 }
             }
-            r = conn.read_some() => match r {
+            r = read(&mut conn) => match r {
                 Ok(()) => {
                     last_read = Instant::now();
                     s.ping_id = None;
                 }
                 Err(ConnError::Xml(x)) => break End::StreamError(x.condition(), Some(x.text().to_string())),
-                Err(_) => break End::Lost,
+                Err(_) => broken = true,
             },
             _ = tokio::time::sleep_until(deadline) => {
-                if s.ping_id.is_some() {
-                    tracing::info!(jid = %s.jid, "no answer to ping; dropping session");
-                    break End::StreamError("connection-timeout", Some("no answer to ping".into()));
-                }
-                let id = format!("ping-{}", super::new_id());
-                let ping = el("iq", ns::CLIENT)
-                    .a("type", "get").a("id", id.as_str())
-                    .a("from", s.bare.domain().as_str()).a("to", s.jid.as_str())
-                    .c(el("ping", ns::PING).build()).build();
-                s.ping_id = Some(id);
-                if conn.write(&ping.to_bytes()).await.is_err() {
+                if lost_at.is_some() {
+                    tracing::info!(jid = %s.jid, "stream management: resumption timed out");
                     break End::Lost;
+                }
+                if s.ping_id.is_some() {
+                    tracing::info!(jid = %s.jid, "no answer to ping");
+                    if s.resumable() {
+                        broken = true;
+                    } else {
+                        break End::StreamError("connection-timeout", Some("no answer to ping".into()));
+                    }
+                } else {
+                    let id = format!("ping-{}", super::new_id());
+                    let ping = el("iq", ns::CLIENT)
+                        .a("type", "get").a("id", id.as_str())
+                        .a("from", s.bare.domain().as_str()).a("to", s.jid.as_str())
+                        .c(el("ping", ns::PING).build()).build();
+                    s.ping_id = Some(id);
+                    let bytes = Bytes::from(ping.to_bytes());
+                    if let Some(sm) = s.sm.as_mut() {
+                        sm.record_sent(bytes.clone());
+                    }
+                    if let Some(c) = conn.as_mut() {
+                        broken = c.write(&bytes).await.is_err();
+                    }
                 }
             }
         }
+        if broken {
+            if !s.resumable() {
+                break End::Lost;
+            }
+            if lost_at.is_none() {
+                tracing::info!(jid = %s.jid, "connection lost; session hibernates for resumption");
+                lost_at = Some(Instant::now());
+            }
+            conn = None;
+        }
     };
 
-    // Leave the registry first so nothing new is queued, then tell contacts.
-    server.registry.unbind(&s.jid, handle.id);
-    if let Err(e) =
-        im::presence::broadcast_unavailable(&server, &handle, &mut s.presence, None).await
-    {
-        tracing::warn!(error = %e, "unavailable broadcast failed");
-    }
-    // Flush what was queued (e.g. our own replies) when the stream is still usable.
-    if !matches!(end, End::Lost) {
-        out.clear();
-        while let Ok(b) = rx.try_recv() {
-            out.extend_from_slice(&b);
-        }
-        if !out.is_empty() {
-            let _ = conn.write(&out).await;
-        }
-    }
-    match end {
-        End::Closed => {
-            let _ = conn.write(b"</stream:stream>").await;
-            conn.close().await;
-        }
-        End::Lost => {}
-        End::StreamError(cond, text) => {
-            conn.stream_error(cond, text.as_deref(), s.bare.domain().as_str())
-                .await;
-        }
-    }
-    tracing::info!(jid = %s.jid, "session ended");
+    s.finish(end, conn, rx).await;
 }
 
 impl Session {
+    fn resumable(&self) -> bool {
+        self.sm.as_ref().is_some_and(|sm| sm.id.is_some())
+    }
+
     fn send(&self, el: &Element) {
         self.handle.send(Bytes::from(el.to_bytes()));
     }
@@ -167,6 +231,195 @@ impl Session {
             r.set("to", self.jid.as_str());
             self.send(&r);
         }
+    }
+
+    /// A new connection resumes this session: ack, answer, resend the unacked.
+    async fn resume(&mut self, r: Resume) -> Option<XmlConn> {
+        let Resume { mut conn, h } = r;
+        let sm = self.sm.as_mut()?;
+        let id = sm.id.clone().unwrap_or_default();
+        if let Err(AckError::TooHigh { h, sent }) = sm.ack(h) {
+            conn.stream_error(
+                "undefined-condition",
+                Some(&format!("handled-count-too-high: h={h}, sent={sent}")),
+                self.bare.domain().as_str(),
+            )
+            .await;
+            return None;
+        }
+        let mut out = format!(
+            "<resumed xmlns='{}' previd='{}' h='{}'/>",
+            sm::NS,
+            id,
+            sm.h_in
+        )
+        .into_bytes();
+        for b in &sm.unacked {
+            out.extend_from_slice(b);
+        }
+        sm.requested = !sm.unacked.is_empty();
+        if sm.requested {
+            out.extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
+        }
+        if conn.write(&out).await.is_err() {
+            return None;
+        }
+        tracing::info!(jid = %self.jid, resent = sm.unacked.len(), "stream resumed");
+        Some(conn)
+    }
+
+    /// Handle one top-level element from the client.
+    async fn element(&mut self, conn: &mut XmlConn, e: Element) -> Flow {
+        if e.ns() == sm::NS {
+            return self.sm_element(conn, e).await;
+        }
+        if let Err(end) = self.stanza(e).await {
+            return Flow::End(end);
+        }
+        if let Some(sm) = self.sm.as_mut() {
+            // Counted once fully handled: stored or queued for delivery.
+            sm.h_in = sm.h_in.wrapping_add(1);
+        }
+        Flow::Continue
+    }
+
+    async fn sm_element(&mut self, conn: &mut XmlConn, e: Element) -> Flow {
+        match e.name() {
+            "enable" => {
+                if self.sm.is_some() {
+                    let _ = conn
+                        .write(
+                            format!(
+                                "<failed xmlns='{}'><unexpected-request xmlns='{}'/></failed>",
+                                sm::NS,
+                                ns::STANZA_ERRORS
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                    return Flow::Continue;
+                }
+                let wants_resume = matches!(e.attr("resume"), Some("true") | Some("1"));
+                let id = wants_resume.then(super::new_id);
+                let mut reply = format!("<enabled xmlns='{}'", sm::NS);
+                if let Some(id) = &id {
+                    self.resume_rx = Some(self.server.resumptions.register(id, self.jid.clone()));
+                    reply.push_str(&format!(
+                        " id='{id}' resume='true' max='{}'",
+                        self.server.config.c2s.resume_timeout
+                    ));
+                }
+                reply.push_str("/>");
+                self.sm = Some(SmState::new(id));
+                if conn.write(reply.as_bytes()).await.is_err() {
+                    return Flow::End(End::Lost);
+                }
+                Flow::Continue
+            }
+            "r" => match &self.sm {
+                Some(sm) => {
+                    let a = sm.ack_element();
+                    if conn.write(a.as_bytes()).await.is_err() {
+                        return Flow::End(End::Lost);
+                    }
+                    Flow::Continue
+                }
+                None => Flow::End(End::StreamError(
+                    "unsupported-stanza-type",
+                    Some("stream management is not enabled".into()),
+                )),
+            },
+            "a" => {
+                let Some(sm) = self.sm.as_mut() else {
+                    return Flow::End(End::StreamError(
+                        "unsupported-stanza-type",
+                        Some("stream management is not enabled".into()),
+                    ));
+                };
+                let Some(h) = sm::parse_h(&e) else {
+                    return Flow::End(End::StreamError(
+                        "bad-format",
+                        Some("<a/> needs a numeric h".into()),
+                    ));
+                };
+                match sm.ack(h) {
+                    Ok(()) => Flow::Continue,
+                    Err(AckError::TooHigh { h, sent }) => Flow::End(End::StreamError(
+                        "undefined-condition",
+                        Some(format!("handled-count-too-high: h={h}, sent={sent}")),
+                    )),
+                }
+            }
+            _ => {
+                let _ = conn
+                    .write(
+                        format!(
+                            "<failed xmlns='{}'><unexpected-request xmlns='{}'/></failed>",
+                            sm::NS,
+                            ns::STANZA_ERRORS
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Leave: registry, presence, undelivered stanzas, then the stream.
+    async fn finish(mut self, end: End, mut conn: Option<XmlConn>, mut rx: mpsc::Receiver<Bytes>) {
+        let server = self.server.clone();
+        if let Some(id) = self.sm.as_ref().and_then(|sm| sm.id.clone()) {
+            server.resumptions.remove(&id);
+        }
+        // Leave the registry first so nothing new is queued, then tell contacts.
+        server.registry.unbind(&self.jid, self.handle.id);
+        if let Err(e) =
+            im::presence::broadcast_unavailable(&server, &self.handle, &mut self.presence, None)
+                .await
+        {
+            tracing::warn!(error = %e, "unavailable broadcast failed");
+        }
+        // What never reached the client: stanzas it did not acknowledge (SM)
+        // and whatever is still queued.
+        let had_sm = self.sm.is_some();
+        let mut undelivered: Vec<Bytes> = self
+            .sm
+            .take()
+            .map(|sm| sm.unacked.into())
+            .unwrap_or_default();
+        let mut queued = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            queued.push(b);
+        }
+        let usable = conn.is_some() && !matches!(end, End::Lost);
+        if usable && !had_sm {
+            // Without stream management, a stream that closes cleanly gets what was queued.
+            let mut out = Vec::new();
+            queued.iter().for_each(|b| out.extend_from_slice(b));
+            if !out.is_empty()
+                && let Some(c) = conn.as_mut()
+            {
+                let _ = c.write(&out).await;
+            }
+        } else {
+            undelivered.extend(queued);
+        }
+        reroute(&server, &undelivered).await;
+        if let Some(mut c) = conn {
+            match end {
+                End::Closed => {
+                    let _ = c.write(b"</stream:stream>").await;
+                    c.close().await;
+                }
+                End::Lost => {}
+                End::StreamError(cond, text) => {
+                    c.stream_error(cond, text.as_deref(), self.bare.domain().as_str())
+                        .await;
+                }
+            }
+        }
+        tracing::info!(jid = %self.jid, "session ended");
     }
 
     async fn stanza(&mut self, mut e: Element) -> Result<(), End> {
@@ -310,6 +563,37 @@ impl Session {
                 self.send(&reply);
             }
             None => self.reply_error(&iq, "service-unavailable", None),
+        }
+    }
+}
+
+/// Route again the messages a session never delivered: to another resource
+/// of the account, or offline storage. Copies (carbons) and non-messages are
+/// not resent; an unanswered IQ request gets an error back.
+async fn reroute(server: &Server, stanzas: &[Bytes]) {
+    for b in stanzas {
+        let Ok(text) = std::str::from_utf8(b) else {
+            continue;
+        };
+        let Ok(e) = text.parse::<Element>() else {
+            continue;
+        };
+        match e.name() {
+            "message" => {
+                if e.has_child("sent", crate::xep::carbons::NS)
+                    || e.has_child("received", crate::xep::carbons::NS)
+                {
+                    continue;
+                }
+                let Some(to) = e.attr("to").and_then(|t| Jid::new(t).ok()) else {
+                    continue;
+                };
+                im::message::route(server, e, to).await;
+            }
+            "iq" if matches!(e.attr("type"), Some("get" | "set")) => {
+                im::bounce(server, &e, "service-unavailable", None);
+            }
+            _ => {}
         }
     }
 }

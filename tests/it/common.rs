@@ -436,6 +436,13 @@ impl Client {
         out
     }
 
+    /// After SASL success: restart the stream and read the new features.
+    pub async fn reopen(&mut self) -> Element {
+        self.parser = StreamParser::new(1 << 20, 64);
+        self.events.clear();
+        self.open().await
+    }
+
     /// After SASL success: restart and bind.
     pub async fn bind(&mut self, resource: &str) -> Element {
         self.parser = StreamParser::new(1 << 20, 64);

@@ -5,5 +5,6 @@ mod c2s;
 mod common;
 mod delivery;
 mod im;
+mod sm;
 mod storage;
 mod xep;
