@@ -5,6 +5,7 @@
 pub mod carbons;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod register;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
-    "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons",
+    "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -74,6 +75,7 @@ impl Modules {
                 "offline" => Arc::new(offline::Offline),
                 "last" => Arc::new(last::Last),
                 "carbons" => Arc::new(carbons::Carbons),
+                "mam" => Arc::new(mam::Mam),
                 _ => continue,
             };
             list.push(m);

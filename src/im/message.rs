@@ -4,12 +4,22 @@
 use crate::im::bounce;
 use crate::router::to_bytes;
 use crate::server::Server;
-use crate::xep::{carbons, offline};
+use crate::xep::{carbons, mam, offline};
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 
 /// A message from one of our sessions (`from` already stamped).
-pub async fn from_session(server: &Server, sender: &FullJid, msg: Element, to: Jid) {
+pub async fn from_session(server: &Server, sender: &FullJid, mut msg: Element, to: Jid) {
+    // Durable before delivered: archived (both sides) first, then routed.
+    if !mam::archive_outgoing(server, &sender.to_bare(), &to, &mut msg).await {
+        bounce(
+            server,
+            &msg,
+            "internal-server-error",
+            Some("could not store the message"),
+        );
+        return;
+    }
     carbons::copy_sent(server, sender, &msg);
     route(server, msg, to).await;
 }

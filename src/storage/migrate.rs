@@ -24,6 +24,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_offline_last.sql"),
         postgres: include_str!("../../migrations/postgres/0002_offline_last.sql"),
     },
+    Migration {
+        version: 3,
+        name: "archive",
+        sqlite: include_str!("../../migrations/sqlite/0003_archive.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_archive.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

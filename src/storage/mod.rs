@@ -180,6 +180,71 @@ pub trait LastActivityStore: Send + Sync {
     async fn last_activity(&self, owner: &str) -> Result<Option<(i64, String)>>;
 }
 
+/// A message to archive for one account.
+#[derive(Debug, Clone)]
+pub struct NewArchived {
+    pub owner: String,
+    pub stanza_id: String,
+    /// Bare JID of the other party.
+    pub with: String,
+    pub stanza: String,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    pub id: i64,
+    pub stanza_id: String,
+    pub with: String,
+    pub stanza: String,
+    pub created_at: i64,
+}
+
+/// Filters and paging of an archive query (XEP-0313 + XEP-0059).
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveQuery {
+    pub with: Option<String>,
+    /// Microseconds, inclusive.
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    /// Internal row ids bounding the page (exclusive).
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    pub ids: Option<Vec<String>>,
+    /// Page from the end (RSM `<before/>`).
+    pub from_end: bool,
+    pub max: usize,
+}
+
+/// One page of results, oldest first.
+#[derive(Debug, Clone)]
+pub struct ArchivePage {
+    pub items: Vec<Archived>,
+    /// No more results beyond this page in the paging direction.
+    pub complete: bool,
+    /// All results matching the filters (ignoring paging).
+    pub count: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivePrefs {
+    /// "always", "never" or "roster".
+    pub default_mode: String,
+    pub always: Vec<String>,
+    pub never: Vec<String>,
+}
+
+#[async_trait]
+pub trait ArchiveStore: Send + Sync {
+    async fn archive(&self, rows: &[NewArchived]) -> Result<()>;
+    async fn query_archive(&self, owner: &str, q: &ArchiveQuery) -> Result<ArchivePage>;
+    /// Internal id of a stanza id in an owner's archive.
+    async fn archive_row_id(&self, owner: &str, stanza_id: &str) -> Result<Option<i64>>;
+    async fn archive_prefs(&self, owner: &str) -> Result<Option<ArchivePrefs>>;
+    async fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> Result<()>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
@@ -188,6 +253,7 @@ pub struct Storage {
     pub vcards: Arc<dyn VCardStore>,
     pub offline: Arc<dyn OfflineStore>,
     pub last: Arc<dyn LastActivityStore>,
+    pub archive: Arc<dyn ArchiveStore>,
     pub backend: &'static str,
 }
 
@@ -202,7 +268,8 @@ impl Storage {
             roster: store.clone(),
             vcards: store.clone(),
             offline: store.clone(),
-            last: store,
+            last: store.clone(),
+            archive: store,
         })
     }
 }

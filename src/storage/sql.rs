@@ -174,6 +174,8 @@ impl AccountStore for SqlStore {
                 "DELETE FROM vcards WHERE owner = $1",
                 "DELETE FROM offline_messages WHERE owner = $1",
                 "DELETE FROM last_activity WHERE owner = $1",
+                "DELETE FROM archive WHERE owner = $1",
+                "DELETE FROM archive_prefs WHERE owner = $1",
             ] {
                 sqlx::query(sql).bind(jid).execute(&mut *tx).await?;
             }
@@ -354,5 +356,167 @@ impl LastActivityStore for SqlStore {
         Ok(with_db!(&self.db, p => sqlx::query_as(
             "SELECT seen_at, status FROM last_activity WHERE owner = $1")
             .bind(owner).fetch_optional(p).await?))
+    }
+}
+
+/// A bind value for dynamically assembled queries.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+macro_rules! bind_all {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::Text(t) => q.bind(t.clone()),
+                Arg::Int(i) => q.bind(*i),
+            };
+        }
+        q
+    }};
+}
+
+type ArchiveRow = (i64, String, String, String, i64);
+
+#[async_trait]
+impl ArchiveStore for SqlStore {
+    async fn archive(&self, rows: &[NewArchived]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut sql = String::from(
+            "INSERT INTO archive (owner, stanza_id, with_jid, stanza, created_at) VALUES ",
+        );
+        let mut args = Vec::with_capacity(rows.len() * 5);
+        for (i, r) in rows.iter().enumerate() {
+            let n = i * 5;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            ));
+            args.push(Arg::Text(r.owner.clone()));
+            args.push(Arg::Text(r.stanza_id.clone()));
+            args.push(Arg::Text(r.with.clone()));
+            args.push(Arg::Text(r.stanza.clone()));
+            args.push(Arg::Int(r.created_at));
+        }
+        let sql = sqlx::AssertSqlSafe(sql);
+        with_db!(&self.db, p => bind_all!(sqlx::query(sql), &args).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    async fn query_archive(&self, owner: &str, q: &ArchiveQuery) -> Result<ArchivePage> {
+        let mut filter = String::from("owner = $1");
+        let mut args = vec![Arg::Text(owner.to_string())];
+        let mut push = |cond: &str, arg: Arg, args: &mut Vec<Arg>| {
+            args.push(arg);
+            filter.push_str(&format!(" AND {cond}${}", args.len()));
+        };
+        if let Some(w) = &q.with {
+            push("with_jid = ", Arg::Text(w.clone()), &mut args);
+        }
+        if let Some(t) = q.start {
+            push("created_at >= ", Arg::Int(t), &mut args);
+        }
+        if let Some(t) = q.end {
+            push("created_at <= ", Arg::Int(t), &mut args);
+        }
+        if let Some(ids) = &q.ids {
+            if ids.is_empty() {
+                return Ok(ArchivePage {
+                    items: Vec::new(),
+                    complete: true,
+                    count: 0,
+                });
+            }
+            let start = args.len();
+            let marks: Vec<String> = (0..ids.len())
+                .map(|i| format!("${}", start + i + 1))
+                .collect();
+            args.extend(ids.iter().map(|i| Arg::Text(i.clone())));
+            filter.push_str(&format!(" AND stanza_id IN ({})", marks.join(", ")));
+        }
+        let count_sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM archive WHERE {filter}"));
+        let (count,): (i64,) = with_db!(&self.db, p => bind_all!(sqlx::query_as(count_sql), &args).fetch_one(p).await?);
+        let mut page_filter = filter.clone();
+        let mut page_args = args;
+        if let Some(a) = q.after {
+            page_args.push(Arg::Int(a));
+            page_filter.push_str(&format!(" AND id > ${}", page_args.len()));
+        }
+        if let Some(b) = q.before {
+            page_args.push(Arg::Int(b));
+            page_filter.push_str(&format!(" AND id < ${}", page_args.len()));
+        }
+        let order = if q.from_end { "DESC" } else { "ASC" };
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT id, stanza_id, with_jid, stanza, created_at FROM archive WHERE {page_filter} \
+             ORDER BY id {order} LIMIT {}",
+            q.max + 1
+        ));
+        let mut rows: Vec<ArchiveRow> =
+            with_db!(&self.db, p => bind_all!(sqlx::query_as(sql), &page_args).fetch_all(p).await?);
+        let complete = rows.len() <= q.max;
+        rows.truncate(q.max);
+        if q.from_end {
+            rows.reverse();
+        }
+        let items = rows
+            .into_iter()
+            .map(|r| Archived {
+                id: r.0,
+                stanza_id: r.1,
+                with: r.2,
+                stanza: r.3,
+                created_at: r.4,
+            })
+            .collect();
+        Ok(ArchivePage {
+            items,
+            complete,
+            count,
+        })
+    }
+
+    async fn archive_row_id(&self, owner: &str, stanza_id: &str) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT id FROM archive WHERE owner = $1 AND stanza_id = $2")
+            .bind(owner).bind(stanza_id).fetch_optional(p).await?);
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn archive_prefs(&self, owner: &str) -> Result<Option<ArchivePrefs>> {
+        let row: Option<(String, String, String)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT default_mode, always_jids, never_jids FROM archive_prefs WHERE owner = $1")
+            .bind(owner).fetch_optional(p).await?);
+        let split = |s: String| {
+            s.split('\n')
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        Ok(row.map(|r| ArchivePrefs {
+            default_mode: r.0,
+            always: split(r.1),
+            never: split(r.2),
+        }))
+    }
+
+    async fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query(
+            "INSERT INTO archive_prefs (owner, default_mode, always_jids, never_jids) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (owner) DO UPDATE SET default_mode = $2, always_jids = $3, never_jids = $4")
+            .bind(owner).bind(&prefs.default_mode).bind(prefs.always.join("\n")).bind(prefs.never.join("\n"))
+            .execute(p).await.map(|_| ())?);
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@ mod c2s;
 mod common;
 mod delivery;
 mod im;
+mod mam;
 mod sm;
 mod storage;
 mod xep;
