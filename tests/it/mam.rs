@@ -278,7 +278,7 @@ async fn preferences_and_form() {
             .unwrap()
             .has_child("x", "jabber:x:data")
     );
-    let r = alice.iq(&format!("<iq type='get' id='{{id}}' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")).await;
+    let r = alice.iq("<iq type='get' id='{id}' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert!(
         xml(&r).contains(MAM),
         "MAM advertised on the account: {}",
