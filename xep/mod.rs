@@ -3,6 +3,7 @@
 //! `[modules] enabled`. Core RFC 6120/6121 behaviour is not a module.
 
 pub mod carbons;
+pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod mam;

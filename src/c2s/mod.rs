@@ -216,6 +216,7 @@ impl Negotiation {
                     .c(el("optional", ns::SESSION).build())
                     .build())
                 .c(el("sm", crate::xep::sm::NS).build())
+                .c(el("csi", crate::xep::csi::NS).build())
                 .c(el("ver", ns::ROSTER_VER).build())
                 .c(el("sub", ns::PRE_APPROVAL).build());
         }

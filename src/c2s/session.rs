@@ -9,6 +9,7 @@ use crate::im::{self, presence::PresenceState};
 use crate::router::{Kill, SessionHandle};
 use crate::server::Server;
 use crate::stanza::{error_reply, is_stanza};
+use crate::xep::csi::{self, Csi};
 use crate::xep::sm::{self, AckError, Resume, SmState};
 use crate::xep::{IqRequest, Target};
 use crate::xml::{BuilderExt, ElementExt, StreamEvent, el, ns};
@@ -49,6 +50,7 @@ struct Session {
     ping_id: Option<String>,
     sm: Option<SmState>,
     resume_rx: Option<mpsc::Receiver<Resume>>,
+    csi: Csi,
 }
 
 async fn read(conn: &mut Option<XmlConn>) -> Result<(), ConnError> {
@@ -76,6 +78,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
         ping_id: None,
         sm: None,
         resume_rx: None,
+        csi: Csi::default(),
     };
     let ping_interval = Duration::from_secs(server.config.c2s.ping_interval.max(1));
     let ping_timeout = Duration::from_secs(server.config.c2s.ping_timeout.max(1));
@@ -137,7 +140,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                         Err(_) => break,
                     }
                 }
-                for b in batch {
+                for b in s.csi.filter(batch) {
                     out.extend_from_slice(&b);
                     if let Some(sm) = s.sm.as_mut() {
                         sm.record_sent(b);
@@ -152,7 +155,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                         out.extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
                     }
                 }
-                if let Some(c) = conn.as_mut() {
+                if let Some(c) = conn.as_mut().filter(|_| !out.is_empty()) {
                     // A client that stops reading blocks this write; a kill (queue
                     // overflow, conflict) must still end the session promptly.
                     let written = tokio::select! {
@@ -273,6 +276,27 @@ impl Session {
         if e.ns() == sm::NS {
             return self.sm_element(conn, e).await;
         }
+        if e.ns() == csi::NS {
+            match e.name() {
+                "active" => {
+                    self.csi.inactive = false;
+                    // Held stanzas are older than anything still queued: write them now.
+                    let mut out = Vec::new();
+                    for b in self.csi.take() {
+                        out.extend_from_slice(&b);
+                        if let Some(sm) = self.sm.as_mut() {
+                            sm.record_sent(b);
+                        }
+                    }
+                    if !out.is_empty() && conn.write(&out).await.is_err() {
+                        return Flow::End(End::Lost);
+                    }
+                }
+                "inactive" => self.csi.inactive = true,
+                _ => return Flow::End(End::StreamError("unsupported-stanza-type", None)),
+            }
+            return Flow::Continue;
+        }
         if let Err(end) = self.stanza(e).await {
             return Flow::End(end);
         }
@@ -388,7 +412,7 @@ impl Session {
             .take()
             .map(|sm| sm.unacked.into())
             .unwrap_or_default();
-        let mut queued = Vec::new();
+        let mut queued = self.csi.take();
         while let Ok(b) = rx.try_recv() {
             queued.push(b);
         }

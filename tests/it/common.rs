@@ -310,6 +310,11 @@ impl Client {
         panic!("no matching element in 500 received");
     }
 
+    /// Forget everything received but not yet asked for.
+    pub fn clear(&mut self) {
+        self.stash.clear();
+    }
+
     /// Wait for the stream error and return its condition.
     pub async fn stream_error(&mut self) -> String {
         loop {

@@ -238,3 +238,59 @@ async fn carbons_copy_both_directions() {
         xml(&next)
     );
 }
+
+#[tokio::test]
+async fn inactive_clients_get_noise_later_and_important_at_once() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut alice = Client::login(s.addr(), "alice", "pw", "phone").await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    // Mutual subscription so Bob's presence reaches Alice.
+    alice.send("<presence/>").await;
+    async fn subscribe(a: &mut Client, b: &mut Client, an: &str, bn: &str) {
+        a.send(&format!("<presence to='{bn}@localhost' type='subscribe'/>"))
+            .await;
+        b.recv_until(|e| {
+            e.attr("type") == Some("subscribe")
+                && e.attr("from") == Some(format!("{an}@localhost").as_str())
+        })
+        .await;
+        b.send(&format!(
+            "<presence to='{an}@localhost' type='subscribed'/>"
+        ))
+        .await;
+        a.recv_until(|e| e.attr("type") == Some("subscribed")).await;
+    }
+    subscribe(&mut alice, &mut bob, "alice", "bob").await;
+    subscribe(&mut bob, &mut alice, "bob", "alice").await;
+    alice.sync().await;
+    alice.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    alice.sync().await;
+    alice.clear();
+    // Each processed separately: if they were not held, both would be written.
+    bob.send("<presence><show>away</show></presence>").await;
+    bob.sync().await;
+    bob.send("<presence><show>xa</show></presence>").await;
+    bob.sync().await;
+    bob.send("<message to='alice@localhost' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    bob.sync().await;
+    // A real message flushes: the latest presence only, the chat state, then the message.
+    bob.send("<message to='alice@localhost' type='chat' id='hi'><body>hi</body></message>")
+        .await;
+    let p = alice.recv_until(|_| true).await;
+    assert_eq!(p.name(), "presence", "{}", xml(&p));
+    assert_eq!(
+        p.get_child("show", "jabber:client").unwrap().text(),
+        "xa",
+        "older presence dropped"
+    );
+    let cs = alice.recv_until(|_| true).await;
+    assert!(cs.has_child("composing", "http://jabber.org/protocol/chatstates"));
+    assert_eq!(alice.recv_until(|_| true).await.attr("id"), Some("hi"));
+    // Active again: presence flows immediately.
+    alice.send("<active xmlns='urn:xmpp:csi:0'/>").await;
+    bob.send("<presence/>").await;
+    let p = alice.recv_until(|e| e.name() == "presence").await;
+    assert!(p.get_child("show", "jabber:client").is_none());
+}
