@@ -294,3 +294,83 @@ async fn inactive_clients_get_noise_later_and_important_at_once() {
     let p = alice.recv_until(|e| e.name() == "presence").await;
     assert!(p.get_child("show", "jabber:client").is_none());
 }
+
+#[tokio::test]
+async fn receipts_and_markers_in_every_state() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "phone").await;
+
+    // Recipient offline: the request waits with the message.
+    bob.send("<message to='alice@localhost' type='chat' id='r1'><body>ping</body><request xmlns='urn:xmpp:receipts'/><markable xmlns='urn:xmpp:chat-markers:0'/></message>").await;
+    bob.sync().await;
+    let mut alice = Client::online(s.addr(), "alice", "pw", "desk").await;
+    let m = alice.recv_until(|e| e.attr("id") == Some("r1")).await;
+    assert!(m.has_child("request", "urn:xmpp:receipts"));
+    // A second device of Alice with carbons sees her receipt and marker too.
+    let mut alice2 = Client::online(s.addr(), "alice", "pw", "tab").await;
+    alice2
+        .iq("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        .await;
+    // Both online: the receipt goes straight back (second tick).
+    alice.send("<message to='bob@localhost/phone' id='rc1'><received xmlns='urn:xmpp:receipts' id='r1'/></message>").await;
+    let r = bob.recv_until(|e| e.attr("id") == Some("rc1")).await;
+    assert_eq!(
+        r.get_child("received", "urn:xmpp:receipts")
+            .unwrap()
+            .attr("id"),
+        Some("r1")
+    );
+    let c = alice2
+        .recv_until(|e| e.has_child("sent", "urn:xmpp:carbons:2"))
+        .await;
+    assert!(
+        xml(&c).contains("urn:xmpp:receipts"),
+        "receipt copied to the other device"
+    );
+
+    // Sender offline when the read marker comes back: stored for the sender.
+    bob.close().await;
+    alice.send("<message to='bob@localhost' type='chat' id='mk1'><displayed xmlns='urn:xmpp:chat-markers:0' id='r1'/></message>").await;
+    alice.sync().await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "phone").await;
+    let mk = bob.recv_until(|e| e.attr("id") == Some("mk1")).await;
+    assert_eq!(
+        mk.get_child("displayed", "urn:xmpp:chat-markers:0")
+            .unwrap()
+            .attr("id"),
+        Some("r1")
+    );
+    assert!(mk.has_child("delay", "urn:xmpp:delay"));
+
+    // The archive keeps message, receipt and marker, so a new device rebuilds the ticks.
+    let id = bob.id();
+    bob.send(&format!(
+        "<iq type='set' id='{id}'><query xmlns='urn:xmpp:mam:2'/></iq>"
+    ))
+    .await;
+    let mut kinds = Vec::new();
+    loop {
+        let e = bob
+            .recv_until(|e| {
+                e.has_child("result", "urn:xmpp:mam:2") || e.attr("id") == Some(id.as_str())
+            })
+            .await;
+        if e.name() == "iq" {
+            break;
+        }
+        kinds.push(
+            e.get_child("result", "urn:xmpp:mam:2")
+                .unwrap()
+                .get_child("forwarded", "urn:xmpp:forward:0")
+                .unwrap()
+                .get_child("message", "jabber:client")
+                .unwrap()
+                .attr("id")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(kinds, vec!["r1", "rc1", "mk1"]);
+}

@@ -3,6 +3,7 @@
 
 mod c2s;
 mod common;
+mod crash;
 mod delivery;
 mod im;
 mod mam;

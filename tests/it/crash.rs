@@ -1,0 +1,234 @@
+//! Fault test: the real binary is killed with SIGKILL while a stream-managed
+//! client sends; after restart every message the server acknowledged reaches
+//! the recipient exactly once, in order.
+
+use crate::common::*;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const SM: &str = "urn:xmpp:sm:3";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let cfg = dir.join("xmppd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "hosts = [\"localhost\"]\ndata_dir = \"{d}\"\n[storage]\nurl = \"sqlite://{d}/xmppd.db\"\n\
+             [[listeners]]\naddress = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn xmppd(cfg: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xmppd"));
+    c.arg("--config")
+        .arg(cfg)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+async fn spawn(cfg: &Path, port: u16) -> Child {
+    let child = xmppd(cfg, &["serve"]).spawn().expect("start xmppd");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("xmppd did not start listening");
+}
+
+/// Send `n` messages with SM; kill the server after `kill_after`; return the ids acknowledged.
+async fn send_until_killed(
+    addr: std::net::SocketAddr,
+    server: &mut Child,
+    n: usize,
+    kill_after: usize,
+) -> Vec<String> {
+    let mut alice = Client::login(addr, "alice", "pw", "r").await;
+    alice.send(&format!("<enable xmlns='{SM}'/>")).await;
+    alice.recv_until(|e| e.is("enabled", SM)).await;
+    let mut acked = 0u32;
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let id = format!("m{i:04}");
+        alice
+            .send(&format!(
+                "<message to='bob@localhost' type='chat' id='{id}'><body>{i}</body></message>"
+            ))
+            .await;
+        sent.push(id);
+        if i % 10 == 9 {
+            alice.send(&format!("<r xmlns='{SM}'/>")).await;
+            let a = alice.recv_until(|e| e.is("a", SM)).await;
+            acked = a.attr("h").unwrap().parse().unwrap();
+        }
+        if i == kill_after {
+            // Ask once more, then die without warning while the client keeps sending.
+            alice.send(&format!("<r xmlns='{SM}'/>")).await;
+            let a = alice.recv_until(|e| e.is("a", SM)).await;
+            acked = a.attr("h").unwrap().parse().unwrap();
+            server.kill().unwrap();
+            server.wait().unwrap();
+            break;
+        }
+    }
+    assert!(acked > 0);
+    sent.truncate(acked as usize);
+    sent
+}
+
+fn ids_of(msgs: &[minidom::Element]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| m.attr("id").unwrap_or("").to_string())
+        .collect()
+}
+
+/// Every acknowledged id once, in order; unacknowledged extras only after them.
+fn check_exactly_once(acked: &[String], got: &[String]) {
+    assert!(
+        got.len() >= acked.len(),
+        "lost messages: acked {} got {}",
+        acked.len(),
+        got.len()
+    );
+    assert_eq!(&got[..acked.len()], acked, "acknowledged messages in order");
+    let mut seen = std::collections::HashSet::new();
+    for id in got {
+        assert!(seen.insert(id), "duplicate {id}");
+    }
+}
+
+#[tokio::test]
+async fn sigkill_loses_nothing_acknowledged_offline_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), port);
+    for u in ["alice", "bob"] {
+        assert!(
+            xmppd(
+                &cfg,
+                &["user", "add", &format!("{u}@localhost"), "--password", "pw"]
+            )
+            .status()
+            .unwrap()
+            .success()
+        );
+    }
+    let mut server = spawn(&cfg, port).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    let acked = send_until_killed(addr, &mut server, 200, 125).await;
+    let mut server = spawn(&cfg, port).await;
+    let mut bob = Client::login(addr, "bob", "pw", "r").await;
+    bob.send("<presence/>").await;
+    let mut got = Vec::new();
+    // Everything stored arrives before the answer to a ping sent afterwards.
+    bob.send("<iq type='get' id='done' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    loop {
+        let e = bob
+            .recv_until(|e| e.name() == "message" || e.attr("id") == Some("done"))
+            .await;
+        if e.name() == "iq" {
+            break;
+        }
+        got.push(e);
+    }
+    check_exactly_once(&acked, &ids_of(&got));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigkill_loses_nothing_acknowledged_online_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), port);
+    for u in ["alice", "bob"] {
+        assert!(
+            xmppd(
+                &cfg,
+                &["user", "add", &format!("{u}@localhost"), "--password", "pw"]
+            )
+            .status()
+            .unwrap()
+            .success()
+        );
+    }
+    let mut server = spawn(&cfg, port).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    // Bob is online; he reads what arrives live and remembers the last archive id.
+    let mut bob = Client::online(addr, "bob", "pw", "r").await;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            match bob.next_event().await {
+                Some(xmppd::xml::StreamEvent::Stanza(e)) if e.name() == "message" => got.push(e),
+                Some(xmppd::xml::StreamEvent::Stanza(_))
+                | Some(xmppd::xml::StreamEvent::Header(_)) => {}
+                _ => return got,
+            }
+        }
+    });
+    let acked = send_until_killed(addr, &mut server, 200, 125).await;
+    let live = reader.await.unwrap();
+    let mut server = spawn(&cfg, port).await;
+    // Bob's new device catches up from the last archive id it saw.
+    let mut bob = Client::login(addr, "bob", "pw", "r2").await;
+    let last = live
+        .last()
+        .and_then(|m| m.get_child("stanza-id", "urn:xmpp:sid:0"))
+        .and_then(|s| s.attr("id"))
+        .map(String::from);
+    let rsm = match &last {
+        Some(l) => format!(
+            "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max><after>{l}</after></set>"
+        ),
+        None => "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max></set>".into(),
+    };
+    bob.send(&format!(
+        "<iq type='set' id='q'><query xmlns='urn:xmpp:mam:2'>{rsm}</query></iq>"
+    ))
+    .await;
+    let mut caught_up = Vec::new();
+    loop {
+        let e = bob
+            .recv_until(|e| e.name() == "message" || e.attr("id") == Some("q"))
+            .await;
+        if e.name() == "iq" {
+            assert_eq!(e.attr("type"), Some("result"), "{}", xml(&e));
+            break;
+        }
+        let inner = e
+            .get_child("result", "urn:xmpp:mam:2")
+            .and_then(|r| r.get_child("forwarded", "urn:xmpp:forward:0"))
+            .and_then(|f| f.get_child("message", "jabber:client"))
+            .unwrap()
+            .clone();
+        caught_up.push(inner);
+    }
+    let mut all = ids_of(&live);
+    all.extend(ids_of(&caught_up));
+    check_exactly_once(&acked, &all);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
