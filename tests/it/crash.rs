@@ -43,24 +43,41 @@ fn xmppd(cfg: &Path, args: &[&str]) -> Command {
     c
 }
 
-async fn spawn(cfg: &Path, port: u16) -> Child {
-    let child = xmppd(cfg, &["serve"]).spawn().expect("start xmppd");
+/// A server process, killed when dropped so a failing test leaves nothing behind.
+struct Server(Child);
+
+impl Server {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn spawn(cfg: &Path, port: u16) -> Server {
+    let mut server = Server(xmppd(cfg, &["serve"]).spawn().expect("start xmppd"));
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return child;
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    server.kill();
     panic!("xmppd did not start listening");
 }
 
 /// Send `n` messages with SM; kill the server after `kill_after`; return the ids acknowledged.
 async fn send_until_killed(
     addr: std::net::SocketAddr,
-    server: &mut Child,
+    server: &mut Server,
     n: usize,
     kill_after: usize,
 ) -> Vec<String> {
@@ -87,8 +104,7 @@ async fn send_until_killed(
             alice.send(&format!("<r xmlns='{SM}'/>")).await;
             let a = alice.recv_until(|e| e.is("a", SM)).await;
             acked = a.attr("h").unwrap().parse().unwrap();
-            server.kill().unwrap();
-            server.wait().unwrap();
+            server.kill();
             break;
         }
     }
@@ -154,8 +170,7 @@ async fn sigkill_loses_nothing_acknowledged_offline_recipient() {
         got.push(e);
     }
     check_exactly_once(&acked, &ids_of(&got));
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 }
 
 #[tokio::test]
@@ -229,6 +244,5 @@ async fn sigkill_loses_nothing_acknowledged_online_recipient() {
     let mut all = ids_of(&live);
     all.extend(ids_of(&caught_up));
     check_exactly_once(&acked, &all);
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.kill();
 }
