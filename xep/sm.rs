@@ -129,6 +129,15 @@ impl SmState {
     }
 }
 
+/// `<failed/>` with a stanza error condition (XEP-0198 §4, §5).
+pub fn failed(condition: &str) -> Vec<u8> {
+    format!(
+        "<failed xmlns='{NS}'><{condition} xmlns='{}'/></failed>",
+        crate::xml::ns::STANZA_ERRORS
+    )
+    .into_bytes()
+}
+
 /// Parse the `h` attribute of `<a/>` or `<resume/>`.
 pub fn parse_h(e: &minidom::Element) -> Option<u32> {
     e.attr("h")?.parse().ok()

@@ -657,16 +657,9 @@ impl Negotiation {
         bare: &BareJid,
         e: &Element,
     ) -> Result<(), Abort> {
-        use crate::xep::sm::{NS, Resume, parse_h};
+        use crate::xep::sm::{Resume, parse_h};
         let (Some(previd), Some(h)) = (e.attr("previd"), parse_h(e)) else {
-            conn.write(
-                format!(
-                    "<failed xmlns='{NS}'><bad-request xmlns='{}'/></failed>",
-                    ns::STANZA_ERRORS
-                )
-                .as_bytes(),
-            )
-            .await?;
+            conn.write(&crate::xep::sm::failed("bad-request")).await?;
             return Ok(());
         };
         let taken = std::mem::replace(
@@ -684,14 +677,8 @@ impl Negotiation {
             }
             Err(back) => {
                 *conn = back.conn;
-                conn.write(
-                    format!(
-                        "<failed xmlns='{NS}'><item-not-found xmlns='{}'/></failed>",
-                        ns::STANZA_ERRORS
-                    )
-                    .as_bytes(),
-                )
-                .await?;
+                conn.write(&crate::xep::sm::failed("item-not-found"))
+                    .await?;
                 Ok(())
             }
         }

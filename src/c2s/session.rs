@@ -32,6 +32,21 @@ enum End {
     /// The connection broke (and the session was not resumable, or resumption timed out).
     Lost,
     StreamError(&'static str, Option<String>),
+    /// Ended from outside (see `Kill`).
+    Killed(Kill),
+}
+
+impl End {
+    /// Whether what is still queued can be written to the client, or must be
+    /// routed elsewhere: a client that does not read gets nothing more, and a
+    /// replaced session's stanzas belong to its successor.
+    fn flushes(&self) -> bool {
+        match self {
+            End::Closed | End::StreamError(..) => true,
+            End::Killed(k) => matches!(k, Kill::Revoked | Kill::Shutdown),
+            End::Lost => false,
+        }
+    }
 }
 
 /// What ended the handling of one element.
@@ -89,6 +104,8 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
     let mut lost_at: Option<Instant> = None;
     let mut last_read = Instant::now();
     let mut out: Vec<u8> = Vec::new();
+    // Without SM: the batch being written, until the write completes.
+    let mut inflight: Vec<Bytes> = Vec::new();
 
     let end = 'run: loop {
         if let Some(c) = conn.as_mut() {
@@ -112,14 +129,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
         let mut broken = false;
         tokio::select! {
             biased;
-            k = handle.shared.killed() => {
-                break End::StreamError(k.condition(), Some(match k {
-                    Kill::Conflict => "replaced by a new connection with the same resource".into(),
-                    Kill::Overflow => "too many stanzas waiting to be read".into(),
-                    Kill::Revoked => "account credentials changed".into(),
-                    Kill::Shutdown => "server shutting down".into(),
-                }));
-            }
+            k = handle.shared.killed() => break End::Killed(k),
             Some(r) = resumption(&mut s.resume_rx) => {
                 match s.resume(r).await {
                     Some(c) => {
@@ -140,10 +150,12 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                         Err(_) => break,
                     }
                 }
+                inflight.clear();
                 for b in s.csi.filter(batch) {
                     out.extend_from_slice(&b);
-                    if let Some(sm) = s.sm.as_mut() {
-                        sm.record_sent(b);
+                    match s.sm.as_mut() {
+                        Some(sm) => sm.record_sent(b),
+                        None => inflight.push(b),
                     }
                 }
                 if let Some(sm) = s.sm.as_mut() {
@@ -163,6 +175,9 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                         _ = handle.shared.killed() => false,
                     };
                     broken = !written;
+                    if written {
+                        inflight.clear();
+                    }
                 }
                 if out.capacity() > 64 * 1024 {
                     out = Vec::new();
@@ -217,7 +232,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
         }
     };
 
-    s.finish(end, conn, rx).await;
+    s.finish(end, conn, rx, inflight).await;
 }
 
 impl Session {
@@ -311,16 +326,7 @@ impl Session {
         match e.name() {
             "enable" => {
                 if self.sm.is_some() {
-                    let _ = conn
-                        .write(
-                            format!(
-                                "<failed xmlns='{}'><unexpected-request xmlns='{}'/></failed>",
-                                sm::NS,
-                                ns::STANZA_ERRORS
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
+                    let _ = conn.write(&sm::failed("unexpected-request")).await;
                     return Flow::Continue;
                 }
                 let wants_resume = matches!(e.attr("resume"), Some("true") | Some("1"));
@@ -375,23 +381,21 @@ impl Session {
                 }
             }
             _ => {
-                let _ = conn
-                    .write(
-                        format!(
-                            "<failed xmlns='{}'><unexpected-request xmlns='{}'/></failed>",
-                            sm::NS,
-                            ns::STANZA_ERRORS
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
+                let _ = conn.write(&sm::failed("unexpected-request")).await;
                 Flow::Continue
             }
         }
     }
 
     /// Leave: registry, presence, undelivered stanzas, then the stream.
-    async fn finish(mut self, end: End, mut conn: Option<XmlConn>, mut rx: mpsc::Receiver<Bytes>) {
+    /// `inflight`: a batch whose write did not complete (it may not have arrived).
+    async fn finish(
+        mut self,
+        end: End,
+        mut conn: Option<XmlConn>,
+        mut rx: mpsc::Receiver<Bytes>,
+        inflight: Vec<Bytes>,
+    ) {
         let server = self.server.clone();
         if let Some(id) = self.sm.as_ref().and_then(|sm| sm.id.clone()) {
             server.resumptions.remove(&id);
@@ -412,12 +416,14 @@ impl Session {
             .take()
             .map(|sm| sm.unacked.into())
             .unwrap_or_default();
+        // A write that did not complete may not have arrived: better twice than never
+        // (archive ids let clients drop duplicates).
+        undelivered.extend(inflight);
         let mut queued = self.csi.take();
         while let Ok(b) = rx.try_recv() {
             queued.push(b);
         }
-        let usable = conn.is_some() && !matches!(end, End::Lost);
-        if usable && !had_sm {
+        if conn.is_some() && end.flushes() && !had_sm {
             // Without stream management, a stream that closes cleanly gets what was queued.
             let mut out = Vec::new();
             queued.iter().for_each(|b| out.extend_from_slice(b));
@@ -436,9 +442,19 @@ impl Session {
                     let _ = c.write(b"</stream:stream>").await;
                     c.close().await;
                 }
-                End::Lost => {}
+                End::Lost | End::Killed(Kill::Overflow) => {}
                 End::StreamError(cond, text) => {
                     c.stream_error(cond, text.as_deref(), self.bare.domain().as_str())
+                        .await;
+                }
+                End::Killed(k) => {
+                    let text = match k {
+                        Kill::Conflict => "replaced by a new connection with the same resource",
+                        Kill::Revoked => "account credentials changed",
+                        Kill::Shutdown => "server shutting down",
+                        Kill::Overflow => "too many stanzas waiting to be read",
+                    };
+                    c.stream_error(k.condition(), Some(text), self.bare.domain().as_str())
                         .await;
                 }
             }

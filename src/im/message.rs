@@ -41,10 +41,11 @@ pub async fn route(server: &Server, msg: Element, to: Jid) {
         return;
     }
     let bare = to.to_bare();
+    // A session that refuses it is going away (its queue overflowed): fall through.
     if let Ok(full) = to.try_as_full()
         && let Some(h) = server.registry.session(full)
+        && h.send(to_bytes(&msg))
     {
-        h.send(to_bytes(&msg));
         carbons::copy_received(server, &bare, &[h.id], &msg);
         return;
     }
@@ -85,13 +86,16 @@ async fn deliver_bare(server: &Server, msg: Element, kind: &str, bare: &BareJid)
     };
     if !targets.is_empty() {
         let bytes = to_bytes(&msg);
-        let mut delivered = Vec::with_capacity(targets.len());
-        for (h, _) in targets {
-            h.send(bytes.clone());
-            delivered.push(h.id);
+        let delivered: Vec<u64> = targets
+            .iter()
+            .filter(|(h, _)| h.send(bytes.clone()))
+            .map(|(h, _)| h.id)
+            .collect();
+        if !delivered.is_empty() {
+            carbons::copy_received(server, bare, &delivered, &msg);
+            return;
         }
-        carbons::copy_received(server, bare, &delivered, &msg);
-        return;
+        // Every target refused it (overflowing sessions): keep it offline.
     }
     if kind == "headline" {
         return;
