@@ -22,6 +22,7 @@ pub struct Server {
     pub tls: Arc<rustls::ServerConfig>,
     pub auth_limiter: AuthLimiter,
     pub resumptions: crate::xep::sm::Resumptions,
+    pub blocks: crate::xep::blocking::BlockCache,
     pub started: Instant,
     connections: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -79,6 +80,7 @@ pub async fn start(config: Config) -> Result<Running> {
         tls,
         auth_limiter: AuthLimiter::default(),
         resumptions: Default::default(),
+        blocks: Default::default(),
         started: Instant::now(),
         connections: Mutex::new(HashMap::new()),
         config,

@@ -2,6 +2,7 @@
 //! it answers and the disco features it adds; it is enabled by name in
 //! `[modules] enabled`. Core RFC 6120/6121 behaviour is not a module.
 
+pub mod blocking;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
     "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
+    "blocking",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -77,6 +79,7 @@ impl Modules {
                 "last" => Arc::new(last::Last),
                 "carbons" => Arc::new(carbons::Carbons),
                 "mam" => Arc::new(mam::Mam),
+                "blocking" => Arc::new(blocking::Blocking),
                 _ => continue,
             };
             list.push(m);

@@ -9,6 +9,7 @@ use crate::im::{self, presence::PresenceState};
 use crate::router::{Kill, SessionHandle};
 use crate::server::Server;
 use crate::stanza::{error_reply, is_stanza};
+use crate::xep::blocking;
 use crate::xep::csi::{self, Csi};
 use crate::xep::sm::{self, AckError, Resume, SmState};
 use crate::xep::{IqRequest, Target};
@@ -529,6 +530,24 @@ impl Session {
             return;
         }
         let server = self.server.clone();
+        if let Some(j) = &to
+            && j.node().is_some()
+            && j.to_bare() != self.bare
+        {
+            if blocking::blocks(&server, &self.bare, j).await {
+                if let Some(mut r) = blocking::blocked_reply(&iq) {
+                    r.set("to", self.jid.as_str());
+                    self.send(&r);
+                }
+                return;
+            }
+            if blocking::blocks(&server, &j.to_bare(), &Jid::from(self.jid.clone())).await {
+                if request {
+                    self.reply_error(&iq, "service-unavailable", None);
+                }
+                return;
+            }
+        }
         let target = match &to {
             None => Target::Account {
                 jid: self.bare.clone(),

@@ -4,12 +4,18 @@
 use crate::im::bounce;
 use crate::router::to_bytes;
 use crate::server::Server;
-use crate::xep::{carbons, mam, offline};
+use crate::xep::{blocking, carbons, mam, offline};
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 
 /// A message from one of our sessions (`from` already stamped).
 pub async fn from_session(server: &Server, sender: &FullJid, mut msg: Element, to: Jid) {
+    if blocking::blocks(server, &sender.to_bare(), &to).await {
+        if let Some(r) = blocking::blocked_reply(&msg) {
+            crate::im::to_jid(server, &Jid::from(sender.clone()), &r);
+        }
+        return;
+    }
     // Durable before delivered: archived (both sides) first, then routed.
     if !mam::archive_outgoing(server, &sender.to_bare(), &to, &mut msg).await {
         bounce(
@@ -41,6 +47,15 @@ pub async fn route(server: &Server, msg: Element, to: Jid) {
         return;
     }
     let bare = to.to_bare();
+    if let Some(from) = msg.attr("from").and_then(|f| Jid::new(f).ok())
+        && blocking::blocks(server, &bare, &from).await
+    {
+        // XEP-0191 §3.5: the blocked sender learns nothing more than this.
+        if kind != "error" {
+            bounce(server, &msg, "service-unavailable", None);
+        }
+        return;
+    }
     // A session that refuses it is going away (its queue overflowed): fall through.
     if let Ok(full) = to.try_as_full()
         && let Some(h) = server.registry.session(full)

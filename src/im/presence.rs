@@ -5,6 +5,7 @@ use crate::im::{subscription, to_available, to_jid};
 use crate::router::{Available, SessionHandle};
 use crate::server::Server;
 use crate::storage::Result;
+use crate::xep::blocking;
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use jid::{BareJid, Jid};
 use minidom::Element;
@@ -39,7 +40,7 @@ pub async fn outbound(
         (None, "unavailable") => broadcast_unavailable(server, h, st, Some(p)).await,
         (Some(to), "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed") => {
             let contact = to.to_bare();
-            if contact == user {
+            if contact == user || blocking::between(server, &user, &to).await {
                 return Ok(());
             }
             subscription::outbound(server, &user, &kind, &contact, &p).await
@@ -68,6 +69,9 @@ async fn broadcast_available(server: &Server, h: &SessionHandle, mut p: Element)
     let (_, roster) = server.storage.roster.roster(user.as_str()).await?;
     for item in roster.iter().filter(|i| i.subscription.has_from()) {
         if let Ok(contact) = BareJid::new(&item.contact) {
+            if blocking::between(server, &user, &Jid::from(contact.clone())).await {
+                continue;
+            }
             let mut q = p.clone();
             q.set("to", contact.as_str());
             deliver_local(server, &contact, &q);
@@ -83,6 +87,9 @@ async fn broadcast_available(server: &Server, h: &SessionHandle, mut p: Element)
             let Ok(contact) = BareJid::new(&item.contact) else {
                 continue;
             };
+            if blocking::between(server, &user, &Jid::from(contact.clone())).await {
+                continue;
+            }
             if item.subscription.has_to() {
                 probe(server, h, &contact).await?;
             }
@@ -172,7 +179,9 @@ pub async fn broadcast_unavailable(
     let (_, roster) = server.storage.roster.roster(user.as_str()).await?;
     for item in roster.iter().filter(|i| i.subscription.has_from()) {
         if let Ok(contact) = BareJid::new(&item.contact) {
-            if directed.iter().any(|d| d.to_bare() == contact) {
+            if directed.iter().any(|d| d.to_bare() == contact)
+                || blocking::between(server, &user, &Jid::from(contact.clone())).await
+            {
                 continue;
             }
             let mut q = p.clone();
@@ -192,6 +201,9 @@ async fn directed(
     to: Jid,
     available: bool,
 ) {
+    if blocking::between(server, user, &to).await {
+        return;
+    }
     p.set("to", to.as_str());
     if available {
         st.directed.insert(to.clone());
@@ -204,7 +216,6 @@ async fn directed(
         }
         to_jid(server, &to, &p);
     }
-    let _ = user;
 }
 
 fn deliver_local(server: &Server, contact: &BareJid, p: &Element) {

@@ -30,6 +30,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_archive.sql"),
         postgres: include_str!("../../migrations/postgres/0003_archive.sql"),
     },
+    Migration {
+        version: 4,
+        name: "blocklist",
+        sqlite: include_str!("../../migrations/sqlite/0004_blocklist.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_blocklist.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

@@ -245,6 +245,15 @@ pub trait ArchiveStore: Send + Sync {
     async fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> Result<()>;
 }
 
+/// XEP-0191 blocklists.
+#[async_trait]
+pub trait BlockStore: Send + Sync {
+    async fn blocklist(&self, owner: &str) -> Result<Vec<String>>;
+    async fn block(&self, owner: &str, jids: &[String]) -> Result<()>;
+    /// Unblock these, or everything when `jids` is empty.
+    async fn unblock(&self, owner: &str, jids: &[String]) -> Result<()>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
@@ -254,6 +263,7 @@ pub struct Storage {
     pub offline: Arc<dyn OfflineStore>,
     pub last: Arc<dyn LastActivityStore>,
     pub archive: Arc<dyn ArchiveStore>,
+    pub blocks: Arc<dyn BlockStore>,
     pub backend: &'static str,
 }
 
@@ -269,7 +279,8 @@ impl Storage {
             vcards: store.clone(),
             offline: store.clone(),
             last: store.clone(),
-            archive: store,
+            archive: store.clone(),
+            blocks: store,
         })
     }
 }

@@ -176,6 +176,7 @@ impl AccountStore for SqlStore {
                 "DELETE FROM last_activity WHERE owner = $1",
                 "DELETE FROM archive WHERE owner = $1",
                 "DELETE FROM archive_prefs WHERE owner = $1",
+                "DELETE FROM blocklist WHERE owner = $1",
             ] {
                 sqlx::query(sql).bind(jid).execute(&mut *tx).await?;
             }
@@ -517,6 +518,36 @@ impl ArchiveStore for SqlStore {
              ON CONFLICT (owner) DO UPDATE SET default_mode = $2, always_jids = $3, never_jids = $4")
             .bind(owner).bind(&prefs.default_mode).bind(prefs.always.join("\n")).bind(prefs.never.join("\n"))
             .execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlockStore for SqlStore {
+    async fn blocklist(&self, owner: &str) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT jid FROM blocklist WHERE owner = $1 ORDER BY jid").bind(owner).fetch_all(p).await?);
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    async fn block(&self, owner: &str, jids: &[String]) -> Result<()> {
+        for j in jids {
+            with_db!(&self.db, p => sqlx::query(
+                "INSERT INTO blocklist (owner, jid) VALUES ($1, $2) ON CONFLICT (owner, jid) DO NOTHING")
+                .bind(owner).bind(j).execute(p).await.map(|_| ())?);
+        }
+        Ok(())
+    }
+
+    async fn unblock(&self, owner: &str, jids: &[String]) -> Result<()> {
+        if jids.is_empty() {
+            with_db!(&self.db, p => sqlx::query("DELETE FROM blocklist WHERE owner = $1")
+                .bind(owner).execute(p).await.map(|_| ())?);
+        }
+        for j in jids {
+            with_db!(&self.db, p => sqlx::query("DELETE FROM blocklist WHERE owner = $1 AND jid = $2")
+                .bind(owner).bind(j).execute(p).await.map(|_| ())?);
+        }
         Ok(())
     }
 }
