@@ -145,6 +145,31 @@ pub struct ModulesConfig {
     pub enabled: Vec<String>,
     pub version: VersionModuleConfig,
     pub offline: OfflineModuleConfig,
+    pub muc: MucModuleConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucModuleConfig {
+    /// The service lives at `<subdomain>.<host>` for every host.
+    pub subdomain: String,
+    /// Rooms the service holds at most.
+    pub max_rooms: usize,
+    /// Occupants per room at most (room owners may set lower).
+    pub max_occupants: usize,
+    /// Messages of history kept per room and sent on join by default.
+    pub history_length: usize,
+}
+
+impl Default for MucModuleConfig {
+    fn default() -> Self {
+        Self {
+            subdomain: "conference".into(),
+            max_rooms: 10_000,
+            max_occupants: 1000,
+            history_length: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +199,7 @@ impl Default for ModulesConfig {
                 .collect(),
             version: VersionModuleConfig::default(),
             offline: OfflineModuleConfig::default(),
+            muc: MucModuleConfig::default(),
         }
     }
 }

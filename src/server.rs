@@ -23,6 +23,7 @@ pub struct Server {
     pub auth_limiter: AuthLimiter,
     pub resumptions: crate::xep::sm::Resumptions,
     pub blocks: crate::xep::blocking::BlockCache,
+    pub muc: crate::xep::muc::MucService,
     pub started: Instant,
     connections: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -81,6 +82,7 @@ pub async fn start(config: Config) -> Result<Running> {
         auth_limiter: AuthLimiter::default(),
         resumptions: Default::default(),
         blocks: Default::default(),
+        muc: crate::xep::muc::MucService::new(&config),
         started: Instant::now(),
         connections: Mutex::new(HashMap::new()),
         config,

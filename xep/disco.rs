@@ -29,12 +29,18 @@ impl Module for Disco {
         if req.payload.attr("node").is_some() {
             return error_reply(req.iq, "item-not-found", None);
         }
-        if req.payload.is("items", ns::DISCO_ITEMS) {
-            // Components (MUC, upload) will list themselves here.
-            return Some(iq_result(
-                req.iq,
-                Some(el("query", ns::DISCO_ITEMS).build()),
-            ));
+        if req.payload.is("query", ns::DISCO_ITEMS) {
+            let mut items = el("query", ns::DISCO_ITEMS);
+            if let Target::Server(domain) = req.target {
+                let suffix = format!(".{domain}");
+                for d in server.muc.domains().iter().filter(|d| d.ends_with(&suffix)) {
+                    items = items.c(el("item", ns::DISCO_ITEMS)
+                        .a("jid", d.as_str())
+                        .a("name", "Chatrooms")
+                        .build());
+                }
+            }
+            return Some(iq_result(req.iq, Some(items.build())));
         }
         let mut q = el("query", ns::DISCO_INFO);
         q = match req.target {

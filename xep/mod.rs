@@ -8,6 +8,7 @@ pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod register;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
     "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
-    "blocking",
+    "blocking", "muc",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -80,6 +81,8 @@ impl Modules {
                 "carbons" => Arc::new(carbons::Carbons),
                 "mam" => Arc::new(mam::Mam),
                 "blocking" => Arc::new(blocking::Blocking),
+                // A component with its own domain: routed by domain, not by IQ namespace.
+                "muc" => continue,
                 _ => continue,
             };
             list.push(m);

@@ -548,6 +548,12 @@ impl Session {
                 return;
             }
         }
+        if let Some(j) = &to
+            && server.muc.handles(j.domain().as_str())
+        {
+            server.muc.handle(&server, iq);
+            return;
+        }
         let target = match &to {
             None => Target::Account {
                 jid: self.bare.clone(),

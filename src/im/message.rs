@@ -32,6 +32,10 @@ pub async fn from_session(server: &Server, sender: &FullJid, mut msg: Element, t
 
 /// Route a message to `to`, whatever its origin.
 pub async fn route(server: &Server, msg: Element, to: Jid) {
+    if server.muc.handles(to.domain().as_str()) {
+        server.muc.handle(server, msg);
+        return;
+    }
     let kind = msg.attr("type").unwrap_or("normal").to_string();
     let kind = kind.as_str();
     if !server.config.serves(to.domain().as_str()) {

@@ -26,6 +26,10 @@ pub fn to_available(server: &Server, bare: &BareJid, el: &Element) -> usize {
 
 /// Deliver to a full JID if bound, or to all available resources of a bare JID.
 pub fn to_jid(server: &Server, to: &Jid, el: &Element) -> usize {
+    if server.muc.handles(to.domain().as_str()) {
+        server.muc.handle(server, el.clone());
+        return 1;
+    }
     match to.try_as_full() {
         Ok(full) => match server.registry.session(full) {
             Some(h) => h.send(to_bytes(el)) as usize,

@@ -210,10 +210,8 @@ async fn directed(
     } else {
         st.directed.remove(&to);
     }
-    if server.config.serves(to.domain().as_str()) {
-        if to.node().is_none() {
-            return;
-        }
+    let domain = to.domain().as_str();
+    if (server.config.serves(domain) || server.muc.handles(domain)) && to.node().is_some() {
         to_jid(server, &to, &p);
     }
 }

@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod im;
 mod mam;
+mod muc;
 mod sm;
 mod storage;
 mod xep;

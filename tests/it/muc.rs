@@ -1,0 +1,374 @@
+//! XEP-0045 Multi-User Chat on conference.localhost.
+
+use crate::common::*;
+use minidom::Element;
+
+const MUC: &str = "http://jabber.org/protocol/muc";
+const USER: &str = "http://jabber.org/protocol/muc#user";
+const ROOM: &str = "room@conference.localhost";
+
+fn codes(p: &Element) -> Vec<String> {
+    p.get_child("x", USER)
+        .map(|x| {
+            x.children()
+                .filter(|c| c.name() == "status")
+                .filter_map(|c| c.attr("code").map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn item(p: &Element) -> Element {
+    p.get_child("x", USER)
+        .and_then(|x| x.get_child("item", USER))
+        .cloned()
+        .unwrap_or_else(|| panic!("no item: {}", xml(p)))
+}
+
+/// Join and return own presence (skipping others' presences, history and subject are left stashed).
+async fn join(c: &mut Client, nick: &str, extra: &str) -> Element {
+    c.send(&format!(
+        "<presence to='{ROOM}/{nick}'><x xmlns='{MUC}'>{extra}</x></presence>"
+    ))
+    .await;
+    let me = format!("{ROOM}/{nick}");
+    c.recv_until(|e| e.name() == "presence" && e.attr("from") == Some(me.as_str()))
+        .await
+}
+
+async fn users(s: &TestServer, names: &[&str]) -> Vec<Client> {
+    let mut out = Vec::new();
+    for n in names {
+        s.add_user(n, "pw").await;
+        out.push(Client::online(s.addr(), n, "pw", "r").await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn create_join_talk_history_subject_pm_leave() {
+    let s = TestServer::start().await;
+    let mut c = users(&s, &["alice", "bob", "carol"]).await;
+    let (alice, rest) = c.split_first_mut().unwrap();
+    let (bob, carol) = rest.split_at_mut(1);
+    let (bob, carol) = (&mut bob[0], &mut carol[0]);
+
+    let me = join(alice, "Alice", "").await;
+    let mut cs = codes(&me);
+    cs.sort();
+    assert!(
+        cs.contains(&"110".into()) && cs.contains(&"201".into()),
+        "{cs:?}"
+    );
+    assert_eq!(
+        (item(&me).attr("affiliation"), item(&me).attr("role")),
+        (Some("owner"), Some("moderator"))
+    );
+    let subj = alice
+        .recv_until(|e| e.has_child("subject", "jabber:client"))
+        .await;
+    assert_eq!(subj.attr("type"), Some("groupchat"));
+
+    let me = join(bob, "Bob", "").await;
+    assert_eq!(codes(&me), vec!["110"]);
+    assert_eq!(item(&me).attr("role"), Some("participant"));
+    assert!(
+        bob.recv_until(|e| e.attr("from") == Some(&format!("{ROOM}/Alice")))
+            .await
+            .name()
+            == "presence"
+    );
+    let seen = alice
+        .recv_until(|e| e.attr("from") == Some(&format!("{ROOM}/Bob")))
+        .await;
+    assert_eq!(
+        item(&seen).attr("jid"),
+        Some("bob@localhost/r"),
+        "moderators see real JIDs"
+    );
+
+    // Nickname conflict.
+    carol
+        .send(&format!(
+            "<presence to='{ROOM}/Bob'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+    let e = carol.recv_until(|e| e.name() == "presence").await;
+    assert_eq!(error_condition(&e).as_deref(), Some("conflict"));
+    // Non-occupants cannot talk.
+    carol
+        .send(&format!(
+            "<message to='{ROOM}' type='groupchat' id='x'><body>hi</body></message>"
+        ))
+        .await;
+    let e = carol.recv_until(|e| e.attr("id") == Some("x")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("not-acceptable"));
+
+    // Subject by the moderator; messages reach everyone, stamped by the room.
+    alice
+        .send(&format!(
+            "<message to='{ROOM}' type='groupchat'><subject>Plans</subject></message>"
+        ))
+        .await;
+    bob.recv_until(|e| {
+        e.get_child("subject", "jabber:client").map(|s| s.text()) == Some("Plans".into())
+    })
+    .await;
+    for i in 0..3 {
+        bob.send(&format!(
+            "<message to='{ROOM}' type='groupchat' id='g{i}'><body>msg {i}</body></message>"
+        ))
+        .await;
+    }
+    for c in [&mut *alice, &mut *bob] {
+        for i in 0..3 {
+            let m = c
+                .recv_until(|e| e.attr("id") == Some(&format!("g{i}")))
+                .await;
+            assert_eq!(m.attr("from"), Some(format!("{ROOM}/Bob").as_str()));
+            assert_eq!(
+                m.get_child("stanza-id", "urn:xmpp:sid:0")
+                    .unwrap()
+                    .attr("by"),
+                Some(ROOM)
+            );
+        }
+    }
+    // Bob may not change the subject.
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='s2'><subject>Mine</subject></message>"
+    ))
+    .await;
+    assert_eq!(
+        error_condition(&bob.recv_until(|e| e.attr("id") == Some("s2")).await).as_deref(),
+        Some("forbidden")
+    );
+
+    // A latecomer asks for one message of history: it comes with a delay, then the subject.
+    join(carol, "Carol", "<history maxstanzas='1'/>").await;
+    let h = carol.recv_until(|e| e.name() == "message").await;
+    assert_eq!(h.attr("id"), Some("g2"));
+    assert!(h.has_child("delay", "urn:xmpp:delay"));
+    let subj = carol.recv_until(|e| e.name() == "message").await;
+    assert_eq!(
+        subj.get_child("subject", "jabber:client").unwrap().text(),
+        "Plans"
+    );
+
+    // Private message between occupants.
+    alice
+        .send(&format!(
+            "<message to='{ROOM}/Carol' type='chat' id='pm'><body>psst</body></message>"
+        ))
+        .await;
+    let pm = carol.recv_until(|e| e.attr("id") == Some("pm")).await;
+    assert_eq!(pm.attr("from"), Some(format!("{ROOM}/Alice").as_str()));
+
+    // Nick change: 303, then the new nick.
+    bob.send(&format!("<presence to='{ROOM}/Robert'/>")).await;
+    let gone = alice
+        .recv_until(|e| {
+            e.attr("from") == Some(&format!("{ROOM}/Bob")) && e.attr("type") == Some("unavailable")
+        })
+        .await;
+    assert!(codes(&gone).contains(&"303".into()));
+    assert_eq!(item(&gone).attr("nick"), Some("Robert"));
+    alice
+        .recv_until(|e| e.attr("from") == Some(&format!("{ROOM}/Robert")))
+        .await;
+
+    // Leaving, and a dropped connection, both end the occupancy for others.
+    carol
+        .send(&format!("<presence to='{ROOM}/Carol' type='unavailable'/>"))
+        .await;
+    let own = carol
+        .recv_until(|e| {
+            e.attr("type") == Some("unavailable")
+                && e.attr("from") == Some(&format!("{ROOM}/Carol"))
+        })
+        .await;
+    assert!(codes(&own).contains(&"110".into()));
+    alice
+        .recv_until(|e| {
+            e.attr("from") == Some(&format!("{ROOM}/Carol"))
+                && e.attr("type") == Some("unavailable")
+        })
+        .await;
+    let bob_client = std::mem::replace(bob, Client::login(s.addr(), "bob", "pw", "other").await);
+    bob_client.drop_connection();
+    alice
+        .recv_until(|e| {
+            e.attr("from") == Some(&format!("{ROOM}/Robert"))
+                && e.attr("type") == Some("unavailable")
+        })
+        .await;
+    // Self-ping (XEP-0410).
+    let r = alice
+        .iq(&format!(
+            "<iq type='get' id='{{id}}' to='{ROOM}/Alice'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let r = alice
+        .iq(&format!(
+            "<iq type='get' id='{{id}}' to='{ROOM}/Robert'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-acceptable"));
+}
+
+#[tokio::test]
+async fn moderation_configuration_and_destruction() {
+    let s = TestServer::start().await;
+    let mut c = users(&s, &["alice", "bob", "carol"]).await;
+    let mut carol = c.pop().unwrap();
+    let mut bob = c.pop().unwrap();
+    let mut alice = c.pop().unwrap();
+    join(&mut alice, "Alice", "").await;
+    join(&mut bob, "Bob", "").await;
+    join(&mut carol, "Carol", "").await;
+
+    // Only the owner configures.
+    let r = bob.iq(&format!("<iq type='get' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>")).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
+    let r = alice.iq(&format!("<iq type='get' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>")).await;
+    assert!(xml(&r).contains("muc#roomconfig_roomname"));
+
+    // Kick Bob (307), ban Carol (301) who then cannot come back.
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='Bob' role='none'><reason>spam</reason></item></query></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+    let k = bob
+        .recv_until(|e| {
+            e.attr("type") == Some("unavailable") && e.attr("from") == Some(&format!("{ROOM}/Bob"))
+        })
+        .await;
+    let mut kc = codes(&k);
+    kc.sort();
+    assert_eq!(kc, vec!["110", "307"]);
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='carol@localhost' affiliation='outcast'/></query></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let b = carol
+        .recv_until(|e| {
+            e.attr("type") == Some("unavailable")
+                && e.attr("from") == Some(&format!("{ROOM}/Carol"))
+        })
+        .await;
+    assert!(codes(&b).contains(&"301".into()));
+    carol
+        .send(&format!(
+            "<presence to='{ROOM}/Carol'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+    let e = carol
+        .recv_until(|e| e.name() == "presence" && e.attr("type") == Some("error"))
+        .await;
+    assert_eq!(error_condition(&e).as_deref(), Some("forbidden"));
+    let r = alice.iq(&format!("<iq type='get' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='outcast'/></query></iq>")).await;
+    assert!(xml(&r).contains("carol@localhost"));
+    // Bob, a participant, may not kick.
+    join(&mut bob, "Bob", "").await;
+    let r = bob.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='Alice' role='none'/></query></iq>")).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-allowed"));
+
+    // Password and members-only.
+    let form = "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+        <field var='muc#roomconfig_roomname'><value>Secret Room</value></field>\
+        <field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field>\
+        <field var='muc#roomconfig_roomsecret'><value>sesame</value></field></x>";
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+    let note = bob
+        .recv_until(|e| e.name() == "message" && e.has_child("x", USER))
+        .await;
+    assert!(codes(&note).contains(&"104".into()));
+    s.add_user("dave", "pw").await;
+    let mut dave = Client::online(s.addr(), "dave", "pw", "r").await;
+    dave.send(&format!(
+        "<presence to='{ROOM}/Dave'><x xmlns='{MUC}'/></presence>"
+    ))
+    .await;
+    let e = dave.recv_until(|e| e.attr("type") == Some("error")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("not-authorized"));
+    join(&mut dave, "Dave", "<password>sesame</password>").await;
+    let r = dave.iq(&format!("<iq type='get' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")).await;
+    let x = xml(&r);
+    assert!(
+        x.contains("muc_passwordprotected")
+            && x.contains("Secret Room")
+            && x.contains("muc#roominfo_occupants"),
+        "{x}"
+    );
+
+    // Discovery: the server lists the service; the service lists the room.
+    let r = dave.iq("<iq type='get' id='{id}' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
+    assert!(xml(&r).contains("conference.localhost"), "{}", xml(&r));
+    let r = dave.iq("<iq type='get' id='{id}' to='conference.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
+    assert!(xml(&r).contains(ROOM));
+
+    // Destruction tells everyone where to go.
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><destroy jid='new@conference.localhost'><reason>moved</reason></destroy></query></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let d = dave
+        .recv_until(|e| e.attr("type") == Some("unavailable"))
+        .await;
+    let destroy = d
+        .get_child("x", USER)
+        .unwrap()
+        .get_child("destroy", USER)
+        .unwrap();
+    assert_eq!(destroy.attr("jid"), Some("new@conference.localhost"));
+    let r = dave.iq("<iq type='get' id='{id}' to='conference.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
+    assert!(!xml(&r).contains(ROOM));
+}
+
+#[tokio::test]
+async fn two_devices_one_nick_and_invitations() {
+    let s = TestServer::start().await;
+    let mut c = users(&s, &["alice", "bob"]).await;
+    let mut bob = c.pop().unwrap();
+    let mut desk = c.pop().unwrap();
+    let mut phone = Client::online(s.addr(), "alice", "pw", "phone").await;
+    join(&mut desk, "Alice", "").await;
+    join(&mut phone, "Alice", "").await;
+    // A mediated invitation reaches Bob.
+    desk.send(&format!("<message to='{ROOM}'><x xmlns='{USER}'><invite to='bob@localhost'><reason>join us</reason></invite></x></message>")).await;
+    let inv = bob.recv_until(|e| e.name() == "message").await;
+    let i = inv
+        .get_child("x", USER)
+        .unwrap()
+        .get_child("invite", USER)
+        .unwrap();
+    assert_eq!(i.attr("from"), Some("alice@localhost"));
+    join(&mut bob, "Bob", "").await;
+    // Both of Alice's devices get the groupchat.
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='hello'><body>hello</body></message>"
+    ))
+    .await;
+    desk.recv_until(|e| e.attr("id") == Some("hello")).await;
+    phone.recv_until(|e| e.attr("id") == Some("hello")).await;
+    // One device leaving does not make Alice leave.
+    phone
+        .send(&format!("<presence to='{ROOM}/Alice' type='unavailable'/>"))
+        .await;
+    phone
+        .recv_until(|e| e.attr("type") == Some("unavailable"))
+        .await;
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='again'><body>again</body></message>"
+    ))
+    .await;
+    let m = bob
+        .recv_until(|e| {
+            e.attr("id") == Some("again")
+                || (e.name() == "presence" && e.attr("type") == Some("unavailable"))
+        })
+        .await;
+    assert_eq!(
+        m.attr("id"),
+        Some("again"),
+        "Alice was reported gone: {}",
+        xml(&m)
+    );
+    desk.recv_until(|e| e.attr("id") == Some("again")).await;
+}
