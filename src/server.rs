@@ -35,6 +35,8 @@ pub struct Running {
     pub listeners: Vec<(TlsMode, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Writers that must finish (not be aborted) on shutdown.
+    drain: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -53,6 +55,10 @@ impl Running {
         }
         for h in self.server.registry.all() {
             h.kill(Kill::Shutdown);
+        }
+        self.server.muc.close_persistence();
+        for t in self.drain {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), t).await;
         }
         // Give sessions a moment to send their stream errors.
         for _ in 0..50 {
@@ -93,6 +99,10 @@ pub async fn start(config: Config) -> Result<Running> {
     if server.modules.enabled("offline") {
         tasks.push(crate::xep::offline::spawn_expiry(server.clone()));
     }
+    let mut drain = Vec::new();
+    if let Some(t) = crate::xep::muc::MucService::start(&server).await? {
+        drain.push(t);
+    }
     for l in &server.config.listeners {
         let addr = format!("{}:{}", l.address, l.port);
         let listener = TcpListener::bind(&addr)
@@ -113,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running> {
         listeners,
         shutdown: tx,
         tasks,
+        drain,
     })
 }
 

@@ -36,6 +36,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0004_blocklist.sql"),
         postgres: include_str!("../../migrations/postgres/0004_blocklist.sql"),
     },
+    Migration {
+        version: 5,
+        name: "muc",
+        sqlite: include_str!("../../migrations/sqlite/0005_muc.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_muc.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

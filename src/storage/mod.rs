@@ -254,6 +254,25 @@ pub trait BlockStore: Send + Sync {
     async fn unblock(&self, owner: &str, jids: &[String]) -> Result<()>;
 }
 
+/// A persistent MUC room as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRoom {
+    pub jid: String,
+    /// `key=value` lines (see xep/muc/room.rs).
+    pub config: String,
+    pub subject: String,
+    pub subject_by: String,
+    pub affiliations: Vec<(String, String)>,
+}
+
+#[async_trait]
+pub trait MucStore: Send + Sync {
+    async fn load_rooms(&self) -> Result<Vec<StoredRoom>>;
+    /// Insert or replace a room and all its affiliations.
+    async fn save_room(&self, room: &StoredRoom) -> Result<()>;
+    async fn delete_room(&self, jid: &str) -> Result<()>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
@@ -264,6 +283,7 @@ pub struct Storage {
     pub last: Arc<dyn LastActivityStore>,
     pub archive: Arc<dyn ArchiveStore>,
     pub blocks: Arc<dyn BlockStore>,
+    pub muc: Arc<dyn MucStore>,
     pub backend: &'static str,
 }
 
@@ -280,7 +300,8 @@ impl Storage {
             offline: store.clone(),
             last: store.clone(),
             archive: store.clone(),
-            blocks: store,
+            blocks: store.clone(),
+            muc: store,
         })
     }
 }

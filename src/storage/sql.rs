@@ -551,3 +551,54 @@ impl BlockStore for SqlStore {
         Ok(())
     }
 }
+
+#[async_trait]
+impl MucStore for SqlStore {
+    async fn load_rooms(&self) -> Result<Vec<StoredRoom>> {
+        let rooms: Vec<(String, String, String, String)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT jid, config, subject, subject_by FROM muc_rooms ORDER BY jid").fetch_all(p).await?);
+        let affs: Vec<(String, String, String)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT room, jid, affiliation FROM muc_affiliations").fetch_all(p).await?);
+        Ok(rooms
+            .into_iter()
+            .map(|(jid, config, subject, subject_by)| StoredRoom {
+                affiliations: affs
+                    .iter()
+                    .filter(|a| a.0 == jid)
+                    .map(|a| (a.1.clone(), a.2.clone()))
+                    .collect(),
+                jid,
+                config,
+                subject,
+                subject_by,
+            })
+            .collect())
+    }
+
+    async fn save_room(&self, r: &StoredRoom) -> Result<()> {
+        with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("INSERT INTO muc_rooms (jid, config, subject, subject_by) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (jid) DO UPDATE SET config = $2, subject = $3, subject_by = $4")
+                .bind(&r.jid).bind(&r.config).bind(&r.subject).bind(&r.subject_by)
+                .execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM muc_affiliations WHERE room = $1").bind(&r.jid).execute(&mut *tx).await?;
+            for (j, a) in &r.affiliations {
+                sqlx::query("INSERT INTO muc_affiliations (room, jid, affiliation) VALUES ($1, $2, $3)")
+                    .bind(&r.jid).bind(j).bind(a).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn delete_room(&self, jid: &str) -> Result<()> {
+        with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM muc_affiliations WHERE room = $1").bind(jid).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM muc_rooms WHERE jid = $1").bind(jid).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}

@@ -372,3 +372,80 @@ async fn two_devices_one_nick_and_invitations() {
     );
     desk.recv_until(|e| e.attr("id") == Some("again")).await;
 }
+
+async fn persistent_room_survives_restart(backend: Backend) {
+    let mut s = TestServer::start_with(backend, |_| {}).await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    join(&mut alice, "Alice", "").await;
+    let form = "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+        <field var='muc#roomconfig_roomname'><value>Team\nRoom</value></field>\
+        <field var='muc#roomconfig_persistentroom'><value>1</value></field>\
+        <field var='muc#roomconfig_membersonly'><value>1</value></field></x>";
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='bob@localhost' affiliation='member'/></query></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    alice
+        .send(&format!(
+            "<message to='{ROOM}' type='groupchat'><subject>Kept</subject></message>"
+        ))
+        .await;
+    alice.sync().await;
+    alice.close().await;
+
+    s.restart().await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    let r = bob.iq("<iq type='get' id='{id}' to='conference.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
+    assert!(
+        xml(&r).contains(ROOM),
+        "persistent room listed after restart: {}",
+        xml(&r)
+    );
+    join(&mut bob, "Bob", "").await;
+    let subj = bob
+        .recv_until(|e| e.has_child("subject", "jabber:client"))
+        .await;
+    assert_eq!(
+        subj.get_child("subject", "jabber:client").unwrap().text(),
+        "Kept"
+    );
+    let mut carol = Client::online(s.addr(), "carol", "pw", "r").await;
+    carol
+        .send(&format!(
+            "<presence to='{ROOM}/Carol'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+    let e = carol.recv_until(|e| e.attr("type") == Some("error")).await;
+    assert_eq!(
+        error_condition(&e).as_deref(),
+        Some("registration-required"),
+        "still members-only"
+    );
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    let r = alice.iq(&format!("<iq type='get' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>")).await;
+    assert!(
+        xml(&r).contains("Team\nRoom"),
+        "owner and name kept: {}",
+        xml(&r)
+    );
+    // Destroying removes it from storage too.
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><destroy/></query></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    s.restart().await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    let r = bob.iq("<iq type='get' id='{id}' to='conference.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
+    assert!(!xml(&r).contains(ROOM));
+}
+
+#[tokio::test]
+async fn persistent_room_survives_restart_sqlite() {
+    persistent_room_survives_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn persistent_room_survives_restart_postgres() {
+    persistent_room_survives_restart(Backend::Postgres).await;
+}

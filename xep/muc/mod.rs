@@ -13,7 +13,7 @@ use crate::stanza::{error_reply, iq_result};
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
-use room::Room;
+use room::{Persist, Room};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +28,11 @@ pub const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 pub struct MucService {
     domains: Vec<String>,
     rooms: Mutex<HashMap<BareJid, Arc<Mutex<Room>>>>,
+    /// Ordered writes of persistent rooms (one writer task keeps them in order).
+    persist: Mutex<Option<tokio::sync::mpsc::Sender<Persist>>>,
 }
+
+const PERSIST_QUEUE: usize = 10_000;
 
 /// Deliver a stanza built by the service to a user's session.
 fn send(server: &Server, to: &FullJid, e: &Element) {
@@ -59,6 +63,54 @@ impl MucService {
                 Vec::new()
             },
             rooms: Mutex::new(HashMap::new()),
+            persist: Mutex::new(None),
+        }
+    }
+
+    /// Load persistent rooms and start the writer that keeps storage in step.
+    pub async fn start(
+        server: &Arc<Server>,
+    ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        if server.muc.domains.is_empty() {
+            return Ok(None);
+        }
+        let stored = server.storage.muc.load_rooms().await?;
+        {
+            let mut rooms = server.muc.rooms.lock().unwrap();
+            for r in &stored {
+                if let Some(room) = Room::from_stored(r, &server.config.modules.muc) {
+                    rooms.insert(room.jid.clone(), Arc::new(Mutex::new(room)));
+                }
+            }
+        }
+        tracing::info!(rooms = stored.len(), "persistent rooms loaded");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(PERSIST_QUEUE);
+        *server.muc.persist.lock().unwrap() = Some(tx);
+        let store = server.storage.muc.clone();
+        Ok(Some(tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                let r = match &op {
+                    Persist::Save(room) => store.save_room(room).await,
+                    Persist::Delete(jid) => store.delete_room(jid).await,
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "saving a room failed");
+                }
+            }
+        })))
+    }
+
+    /// No more writes: the writer finishes what is queued and stops.
+    pub fn close_persistence(&self) {
+        self.persist.lock().unwrap().take();
+    }
+
+    fn persist(&self, room: &mut Room) {
+        if let Some(op) = room.take_persistence()
+            && let Some(tx) = self.persist.lock().unwrap().as_ref()
+            && tx.try_send(op).is_err()
+        {
+            tracing::error!(room = %room.jid, "room persistence queue full; change not saved");
         }
     }
 
@@ -100,12 +152,11 @@ impl MucService {
                 to.resource().map(|r| r.to_string()),
             ),
             "message" => match self.room(&room_jid) {
-                Some(r) => r.lock().unwrap().message(
-                    server,
-                    stanza,
-                    &from,
-                    to.resource().map(|r| r.as_str()),
-                ),
+                Some(r) => {
+                    let mut r = r.lock().unwrap();
+                    r.message(server, stanza, &from, to.resource().map(|r| r.as_str()));
+                    self.persist(&mut r);
+                }
                 None => reply(server, &stanza, "item-not-found", Some("no such room")),
             },
             _ => self.room_iq(
@@ -164,6 +215,7 @@ impl MucService {
             } else {
                 r.join_or_update(server, p, &from, nick.unwrap_or_default());
             }
+            self.persist(&mut r);
             r.is_empty() && !r.config.persistent
         };
         if empty {
@@ -187,7 +239,9 @@ impl MucService {
         };
         let destroyed = {
             let mut r = room.lock().unwrap();
-            r.iq(server, &iq, from, nick.as_deref())
+            let destroyed = r.iq(server, &iq, from, nick.as_deref());
+            self.persist(&mut r);
+            destroyed
         };
         if destroyed {
             self.rooms.lock().unwrap().remove(room_jid);

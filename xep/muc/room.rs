@@ -8,6 +8,7 @@ use crate::config::MucModuleConfig;
 use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
+use crate::storage::StoredRoom;
 use crate::util::{now_micros, parse_datetime, xmpp_datetime_micros};
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use bytes::Bytes;
@@ -115,6 +116,37 @@ pub struct Room {
     subject: Option<(String, String)>,
     /// Just created: the first join gets status 201.
     fresh: bool,
+    /// Configuration, affiliations or subject changed since last persisted.
+    dirty: bool,
+    /// A copy is in storage.
+    stored: bool,
+}
+
+/// What to do in storage after a change.
+pub enum Persist {
+    Save(StoredRoom),
+    Delete(String),
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn unesc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            match it.next() {
+                Some('n') => out.push('\n'),
+                Some(o) => out.push(o),
+                None => {}
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn occupant_jid(room: &BareJid, nick: &str) -> String {
@@ -146,6 +178,97 @@ impl Room {
             history: VecDeque::new(),
             subject: None,
             fresh: true,
+            dirty: false,
+            stored: false,
+        }
+    }
+
+    /// The storable form of a persistent room.
+    fn stored_form(&self) -> StoredRoom {
+        let c = &self.config;
+        let config = [
+            ("name", esc(&c.name)),
+            ("description", esc(&c.description)),
+            ("public", c.public.to_string()),
+            ("members_only", c.members_only.to_string()),
+            ("password", esc(c.password.as_deref().unwrap_or(""))),
+            ("moderated", c.moderated.to_string()),
+            ("max_occupants", c.max_occupants.to_string()),
+            ("whois_anyone", c.whois_anyone.to_string()),
+            ("change_subject", c.change_subject.to_string()),
+            ("allow_invites", c.allow_invites.to_string()),
+            ("history_length", c.history_length.to_string()),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+        let (subject, by) = self.subject.clone().unwrap_or_default();
+        StoredRoom {
+            jid: self.jid.to_string(),
+            config,
+            subject,
+            subject_by: by,
+            affiliations: self
+                .affiliations
+                .iter()
+                .map(|(j, a)| (j.to_string(), a.as_str().to_string()))
+                .collect(),
+        }
+    }
+
+    /// A persistent room as loaded at start-up.
+    pub fn from_stored(r: &StoredRoom, defaults: &MucModuleConfig) -> Option<Room> {
+        let jid = BareJid::new(&r.jid).ok()?;
+        let mut room = Room::new(jid, BareJid::new("nobody@invalid").ok()?, defaults);
+        room.affiliations.clear();
+        for (j, a) in &r.affiliations {
+            if let (Ok(j), Some(a)) = (BareJid::new(j), Affiliation::parse(a)) {
+                room.affiliations.insert(j, a);
+            }
+        }
+        let c = &mut room.config;
+        c.persistent = true;
+        for line in r.config.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let b = v == "true";
+            match k {
+                "name" => c.name = unesc(v),
+                "description" => c.description = unesc(v),
+                "public" => c.public = b,
+                "members_only" => c.members_only = b,
+                "password" => c.password = Some(unesc(v)).filter(|p| !p.is_empty()),
+                "moderated" => c.moderated = b,
+                "max_occupants" => c.max_occupants = v.parse().unwrap_or(c.max_occupants),
+                "whois_anyone" => c.whois_anyone = b,
+                "change_subject" => c.change_subject = b,
+                "allow_invites" => c.allow_invites = b,
+                "history_length" => c.history_length = v.parse().unwrap_or(c.history_length),
+                _ => {}
+            }
+        }
+        if !r.subject.is_empty() {
+            room.subject = Some((r.subject.clone(), r.subject_by.clone()));
+        }
+        room.fresh = false;
+        room.stored = true;
+        Some(room)
+    }
+
+    /// What storage needs after the last operation, if anything.
+    pub fn take_persistence(&mut self) -> Option<Persist> {
+        if !std::mem::take(&mut self.dirty) {
+            return None;
+        }
+        if self.config.persistent {
+            self.stored = true;
+            Some(Persist::Save(self.stored_form()))
+        } else if std::mem::take(&mut self.stored) {
+            Some(Persist::Delete(self.jid.to_string()))
+        } else {
+            None
         }
     }
 
@@ -548,6 +671,7 @@ impl Room {
                 );
             }
             self.subject = Some((subject.text(), nick.clone()));
+            self.dirty = true;
         }
         let mut out = m.clone();
         out.set("from", &occupant_jid(&self.jid, &nick));
@@ -636,6 +760,7 @@ impl Room {
             }
             if self.config.members_only && self.affiliation(&to) < Affiliation::Member {
                 self.affiliations.insert(to.clone(), Affiliation::Member);
+                self.dirty = true;
             }
             let mut invite = el("invite", NS_USER).a("from", from.to_bare().as_str());
             if let Some(r) = inv.get_child("reason", NS_USER) {
@@ -923,6 +1048,7 @@ impl Room {
         if password_protected && c.password.is_none() {
             return Err("a password-protected room needs a password".into());
         }
+        self.dirty = true;
         let became_members_only = c.members_only && !self.config.members_only;
         let anonymity_changed = c.whois_anyone != self.config.whois_anyone;
         self.config = c;
@@ -980,6 +1106,7 @@ impl Room {
             }
         }
         self.config.persistent = false;
+        self.dirty = true;
     }
 
     fn admin_get(&self, iq: &Element, q: &Element, from: &FullJid) -> Option<Element> {
@@ -1077,6 +1204,7 @@ impl Room {
                 {
                     return error_reply(iq, "conflict", Some("a room keeps at least one owner"));
                 }
+                self.dirty = true;
                 if aff == Affiliation::None {
                     self.affiliations.remove(&target);
                 } else {
