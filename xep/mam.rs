@@ -11,7 +11,7 @@ use crate::storage::{ArchivePrefs, ArchiveQuery, NewArchived};
 use crate::util::{now_micros, parse_datetime, xmpp_datetime_micros};
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use async_trait::async_trait;
-use jid::{BareJid, Jid};
+use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use std::sync::Arc;
 
@@ -43,6 +43,13 @@ pub fn archivable(msg: &Element) -> bool {
                 "urn:xmpp:receipts" | "urn:xmpp:chat-markers:0"
             )
         })
+}
+
+/// Groupchat messages kept in a room archive: with a body, or a store hint.
+pub fn archivable_groupchat(msg: &Element) -> bool {
+    !msg.has_child("no-store", HINTS)
+        && !msg.has_child("no-permanent-store", HINTS)
+        && (msg.has_child("body", ns::CLIENT) || msg.has_child("store", HINTS))
 }
 
 async fn wants(server: &Server, owner: &BareJid, with: &BareJid) -> bool {
@@ -195,134 +202,148 @@ fn query_form() -> Element {
         .build()
 }
 
-impl Mam {
-    async fn query(
-        &self,
-        server: &Arc<Server>,
-        req: &IqRequest<'_>,
-        owner: &BareJid,
-    ) -> Option<Element> {
-        let iq = req.iq;
-        let q = req.payload;
-        let bad = |text: &str| error_reply(iq, "bad-request", Some(text));
-        let mut query = ArchiveQuery {
-            max: DEFAULT_PAGE,
-            ..Default::default()
-        };
-        let lookup = |sid: String| async move {
-            server
-                .storage
-                .archive
-                .archive_row_id(owner.as_str(), &sid)
-                .await
-                .ok()
-                .flatten()
-        };
-        if let Some(x) = q.get_child("x", ns::DATA_FORMS) {
-            for (var, values) in form_fields(x) {
-                let one = values.first().cloned().unwrap_or_default();
-                match var.as_str() {
-                    "FORM_TYPE" => {
-                        if one != NS {
-                            return bad("unknown FORM_TYPE");
-                        }
+/// Run an archive query on `owner`'s archive (an account or a room) and send
+/// the results to the requesting session; returns the IQ answer.
+pub async fn run_query(
+    server: &Server,
+    iq: &Element,
+    q: &Element,
+    from: &FullJid,
+    owner: &BareJid,
+) -> Element {
+    match query(server, iq, q, from, owner).await {
+        Some(r) => r,
+        None => error_reply(iq, "bad-request", None).expect("iq request"),
+    }
+}
+
+async fn query(
+    server: &Server,
+    iq: &Element,
+    q: &Element,
+    from: &FullJid,
+    owner: &BareJid,
+) -> Option<Element> {
+    let bad = |text: &str| error_reply(iq, "bad-request", Some(text));
+    let mut query = ArchiveQuery {
+        max: DEFAULT_PAGE,
+        ..Default::default()
+    };
+    let lookup = |sid: String| async move {
+        server
+            .storage
+            .archive
+            .archive_row_id(owner.as_str(), &sid)
+            .await
+            .ok()
+            .flatten()
+    };
+    if let Some(x) = q.get_child("x", ns::DATA_FORMS) {
+        for (var, values) in form_fields(x) {
+            let one = values.first().cloned().unwrap_or_default();
+            match var.as_str() {
+                "FORM_TYPE" => {
+                    if one != NS {
+                        return bad("unknown FORM_TYPE");
                     }
-                    "with" => match Jid::new(&one) {
-                        Ok(j) => query.with = Some(j.to_bare().to_string()),
-                        Err(_) => return error_reply(iq, "jid-malformed", None),
-                    },
-                    "start" => query.start = Some(parse_datetime(&one)?),
-                    "end" => query.end = Some(parse_datetime(&one)?),
-                    "after-id" => match lookup(one).await {
-                        Some(id) => query.after = Some(id),
-                        None => return error_reply(iq, "item-not-found", None),
-                    },
-                    "before-id" => match lookup(one).await {
-                        Some(id) => query.before = Some(id),
-                        None => return error_reply(iq, "item-not-found", None),
-                    },
-                    "ids" => query.ids = Some(values),
-                    _ => return bad(&format!("unsupported field {var}")),
                 }
+                "with" => match Jid::new(&one) {
+                    Ok(j) => query.with = Some(j.to_bare().to_string()),
+                    Err(_) => return error_reply(iq, "jid-malformed", None),
+                },
+                "start" => query.start = Some(parse_datetime(&one)?),
+                "end" => query.end = Some(parse_datetime(&one)?),
+                "after-id" => match lookup(one).await {
+                    Some(id) => query.after = Some(id),
+                    None => return error_reply(iq, "item-not-found", None),
+                },
+                "before-id" => match lookup(one).await {
+                    Some(id) => query.before = Some(id),
+                    None => return error_reply(iq, "item-not-found", None),
+                },
+                "ids" => query.ids = Some(values),
+                _ => return bad(&format!("unsupported field {var}")),
             }
         }
-        if let Some(set) = q.get_child("set", RSM) {
-            if let Some(m) = set.get_child("max", RSM) {
-                query.max = m
-                    .text()
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| ())
-                    .ok()?
-                    .min(MAX_PAGE);
+    }
+    if let Some(set) = q.get_child("set", RSM) {
+        if let Some(m) = set.get_child("max", RSM) {
+            query.max = m
+                .text()
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| ())
+                .ok()?
+                .min(MAX_PAGE);
+        }
+        if let Some(a) = set.get_child("after", RSM) {
+            match lookup(a.text()).await {
+                Some(id) => query.after = Some(query.after.map_or(id, |x| x.max(id))),
+                None => return error_reply(iq, "item-not-found", None),
             }
-            if let Some(a) = set.get_child("after", RSM) {
-                match lookup(a.text()).await {
-                    Some(id) => query.after = Some(query.after.map_or(id, |x| x.max(id))),
+        }
+        if let Some(b) = set.get_child("before", RSM) {
+            query.from_end = true;
+            let t = b.text();
+            if !t.is_empty() {
+                match lookup(t).await {
+                    Some(id) => query.before = Some(query.before.map_or(id, |x| x.min(id))),
                     None => return error_reply(iq, "item-not-found", None),
                 }
             }
-            if let Some(b) = set.get_child("before", RSM) {
-                query.from_end = true;
-                let t = b.text();
-                if !t.is_empty() {
-                    match lookup(t).await {
-                        Some(id) => query.before = Some(query.before.map_or(id, |x| x.min(id))),
-                        None => return error_reply(iq, "item-not-found", None),
-                    }
-                }
-            }
         }
-        let page = match server
-            .storage
-            .archive
-            .query_archive(owner.as_str(), &query)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "archive query failed");
-                return error_reply(iq, "internal-server-error", None);
-            }
-        };
-        let session = server.registry.session(req.from)?;
-        let queryid = q.attr("queryid");
-        for item in &page.items {
-            let Ok(original) = item.stanza.parse::<Element>() else {
-                continue;
-            };
-            let mut result = el("result", NS).a("id", item.stanza_id.as_str());
-            if let Some(qid) = queryid {
-                result = result.a("queryid", qid);
-            }
-            let m = el("message", ns::CLIENT)
-                .a("from", owner.as_str())
-                .a("to", req.from.as_str())
-                .c(result
-                    .c(el("forwarded", FORWARD)
-                        .c(el("delay", ns::DELAY)
-                            .a("stamp", xmpp_datetime_micros(item.created_at))
-                            .build())
-                        .c(original)
-                        .build())
-                    .build())
-                .build();
-            session.send(to_bytes(&m));
-        }
-        let mut set = el("set", RSM);
-        if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
-            set = set
-                .c(el("first", RSM).t(&first.stanza_id).build())
-                .c(el("last", RSM).t(&last.stanza_id).build());
-        }
-        set = set.c(el("count", RSM).t(&page.count.to_string()).build());
-        let fin = el("fin", NS)
-            .a("complete", if page.complete { "true" } else { "false" })
-            .c(set.build())
-            .build();
-        Some(iq_result(iq, Some(fin)))
     }
+    let page = match server
+        .storage
+        .archive
+        .query_archive(owner.as_str(), &query)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "archive query failed");
+            return error_reply(iq, "internal-server-error", None);
+        }
+    };
+    let session = server.registry.session(from)?;
+    let queryid = q.attr("queryid");
+    for item in &page.items {
+        let Ok(original) = item.stanza.parse::<Element>() else {
+            continue;
+        };
+        let mut result = el("result", NS).a("id", item.stanza_id.as_str());
+        if let Some(qid) = queryid {
+            result = result.a("queryid", qid);
+        }
+        let m = el("message", ns::CLIENT)
+            .a("from", owner.as_str())
+            .a("to", from.as_str())
+            .c(result
+                .c(el("forwarded", FORWARD)
+                    .c(el("delay", ns::DELAY)
+                        .a("stamp", xmpp_datetime_micros(item.created_at))
+                        .build())
+                    .c(original)
+                    .build())
+                .build())
+            .build();
+        session.send(to_bytes(&m));
+    }
+    let mut set = el("set", RSM);
+    if let (Some(first), Some(last)) = (page.items.first(), page.items.last()) {
+        set = set
+            .c(el("first", RSM).t(&first.stanza_id).build())
+            .c(el("last", RSM).t(&last.stanza_id).build());
+    }
+    set = set.c(el("count", RSM).t(&page.count.to_string()).build());
+    let fin = el("fin", NS)
+        .a("complete", if page.complete { "true" } else { "false" })
+        .c(set.build())
+        .build();
+    Some(iq_result(iq, Some(fin)))
+}
 
+impl Mam {
     async fn prefs(
         &self,
         server: &Arc<Server>,
@@ -416,10 +437,9 @@ impl Module for Mam {
         };
         match (req.payload.name(), req.iq.attr("type")) {
             ("query", Some("get")) => Some(iq_result(req.iq, Some(query_form()))),
-            ("query", Some("set")) => match self.query(server, req, &owner).await {
-                Some(r) => Some(r),
-                None => error_reply(req.iq, "bad-request", None),
-            },
+            ("query", Some("set")) => {
+                Some(run_query(server, req.iq, req.payload, req.from, &owner).await)
+            }
             ("prefs", _) => self.prefs(server, req, &owner).await,
             _ => error_reply(req.iq, "bad-request", None),
         }

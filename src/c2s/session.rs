@@ -551,6 +551,19 @@ impl Session {
         if let Some(j) = &to
             && server.muc.handles(j.domain().as_str())
         {
+            if j.node().is_some()
+                && j.resource().is_none()
+                && iq
+                    .first_child()
+                    .is_some_and(|q| q.is("query", crate::xep::mam::NS))
+                && kind == "set"
+            {
+                if let Some(mut r) = server.muc.mam_query(&server, &iq, &self.jid).await {
+                    r.set("to", self.jid.as_str());
+                    self.send(&r);
+                }
+                return;
+            }
             server.muc.handle(&server, iq);
             return;
         }

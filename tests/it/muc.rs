@@ -70,7 +70,9 @@ async fn create_join_talk_history_subject_pm_leave() {
     assert_eq!(subj.attr("type"), Some("groupchat"));
 
     let me = join(bob, "Bob", "").await;
-    assert_eq!(codes(&me), vec!["110"]);
+    let mut bc = codes(&me);
+    bc.sort();
+    assert_eq!(bc, vec!["110", "170"], "self presence, room archived");
     assert_eq!(item(&me).attr("role"), Some("participant"));
     assert!(
         bob.recv_until(|e| e.attr("from") == Some(&format!("{ROOM}/Alice")))
@@ -448,4 +450,91 @@ async fn persistent_room_survives_restart_sqlite() {
 #[tokio::test]
 async fn persistent_room_survives_restart_postgres() {
     persistent_room_survives_restart(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn members_who_were_away_catch_up_from_the_room_archive() {
+    let s = TestServer::start().await;
+    let mut c = users(&s, &["alice", "bob"]).await;
+    let mut bob = c.pop().unwrap();
+    let mut alice = c.pop().unwrap();
+    let me = join(&mut alice, "Alice", "").await;
+    assert!(
+        codes(&me).contains(&"170".into()),
+        "the room says it is archived"
+    );
+    join(&mut bob, "Bob", "").await;
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='m0'><body>before</body></message>"
+    ))
+    .await;
+    let seen = bob.recv_until(|e| e.attr("id") == Some("m0")).await;
+    let last_id = seen
+        .get_child("stanza-id", "urn:xmpp:sid:0")
+        .unwrap()
+        .attr("id")
+        .unwrap()
+        .to_string();
+    // Bob goes away; Alice keeps talking.
+    bob.send(&format!("<presence to='{ROOM}/Bob' type='unavailable'/>"))
+        .await;
+    bob.recv_until(|e| {
+        e.attr("type") == Some("unavailable") && e.attr("from") == Some(&format!("{ROOM}/Bob"))
+    })
+    .await;
+    for i in 1..4 {
+        alice.send(&format!("<message to='{ROOM}' type='groupchat' id='m{i}'><body>while away {i}</body></message>")).await;
+    }
+    alice.recv_until(|e| e.attr("id") == Some("m3")).await;
+    alice.sync().await;
+    // Bob asks the room for everything after the last id he saw (bounded wait for the writer).
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        let id = bob.id();
+        bob.send(&format!(
+            "<iq type='set' id='{id}' to='{ROOM}'><query xmlns='urn:xmpp:mam:2' queryid='q'><set xmlns='http://jabber.org/protocol/rsm'><after>{last_id}</after></set></query></iq>"
+        ))
+        .await;
+        got.clear();
+        loop {
+            let e = bob
+                .recv_until(|e| {
+                    e.has_child("result", "urn:xmpp:mam:2") || e.attr("id") == Some(id.as_str())
+                })
+                .await;
+            if e.name() == "iq" {
+                assert_eq!(e.attr("type"), Some("result"), "{}", xml(&e));
+                break;
+            }
+            let m = e
+                .get_child("result", "urn:xmpp:mam:2")
+                .unwrap()
+                .get_child("forwarded", "urn:xmpp:forward:0")
+                .unwrap()
+                .get_child("message", "jabber:client")
+                .unwrap()
+                .clone();
+            assert_eq!(e.attr("from"), Some(ROOM));
+            got.push(m);
+        }
+        if got.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ids: Vec<_> = got
+        .iter()
+        .map(|m| m.attr("id").unwrap().to_string())
+        .collect();
+    assert_eq!(ids, vec!["m1", "m2", "m3"]);
+    assert_eq!(got[0].attr("from"), Some(format!("{ROOM}/Alice").as_str()));
+    // Outsiders of a members-only room may not read it.
+    let form = "<x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_membersonly'><value>1</value></field></x>";
+    alice.iq(&format!("<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query></iq>")).await;
+    let r = bob
+        .iq(&format!(
+            "<iq type='set' id='{{id}}' to='{ROOM}'><query xmlns='urn:xmpp:mam:2'/></iq>"
+        ))
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
 }

@@ -87,14 +87,40 @@ impl MucService {
         let (tx, mut rx) = tokio::sync::mpsc::channel(PERSIST_QUEUE);
         *server.muc.persist.lock().unwrap() = Some(tx);
         let store = server.storage.muc.clone();
+        let archive = server.storage.archive.clone();
         Ok(Some(tokio::spawn(async move {
-            while let Some(op) = rx.recv().await {
-                let r = match &op {
-                    Persist::Save(room) => store.save_room(room).await,
-                    Persist::Delete(jid) => store.delete_room(jid).await,
-                };
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "saving a room failed");
+            // Archive rows that queue up while a write runs go in one insert (group commit).
+            let mut rows = Vec::new();
+            while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
+                while let Some(op) = next.take() {
+                    let r = match op {
+                        Persist::Archive(row) => {
+                            rows.push(row);
+                            if rows.len() < 256
+                                && let Ok(more) = rx.try_recv()
+                            {
+                                next = Some(more);
+                                continue;
+                            }
+                            archive.archive(&std::mem::take(&mut rows)).await
+                        }
+                        other => {
+                            if !rows.is_empty()
+                                && let Err(e) = archive.archive(&std::mem::take(&mut rows)).await
+                            {
+                                tracing::error!(error = %e, "archiving room messages failed");
+                            }
+                            match other {
+                                Persist::Save(room) => store.save_room(&room).await,
+                                Persist::Delete(jid) => store.delete_room(&jid).await,
+                                Persist::Archive(_) => unreachable!(),
+                            }
+                        }
+                    };
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "saving room state failed");
+                    }
                 }
             }
         })))
@@ -106,12 +132,46 @@ impl MucService {
     }
 
     fn persist(&self, room: &mut Room) {
-        if let Some(op) = room.take_persistence()
-            && let Some(tx) = self.persist.lock().unwrap().as_ref()
-            && tx.try_send(op).is_err()
-        {
-            tracing::error!(room = %room.jid, "room persistence queue full; change not saved");
+        let ops = room.take_persistence();
+        if ops.is_empty() {
+            return;
         }
+        let guard = self.persist.lock().unwrap();
+        let Some(tx) = guard.as_ref() else { return };
+        for op in ops {
+            if tx.try_send(op).is_err() {
+                tracing::error!(room = %room.jid, "room persistence queue full; change not saved");
+            }
+        }
+    }
+
+    /// A MAM query to a room (XEP-0313 on the room JID), answered asynchronously.
+    pub async fn mam_query(
+        &self,
+        server: &Server,
+        iq: &Element,
+        from: &FullJid,
+    ) -> Option<Element> {
+        let q = iq.first_child()?;
+        let room_jid = iq.attr("to").and_then(|t| BareJid::new(t).ok())?;
+        let allowed = match self.room(&room_jid) {
+            Some(r) => {
+                let r = r.lock().unwrap();
+                if !r.archives(server) {
+                    return error_reply(
+                        iq,
+                        "service-unavailable",
+                        Some("this room is not archived"),
+                    );
+                }
+                r.may_read_archive(from)
+            }
+            None => return error_reply(iq, "item-not-found", Some("no such room")),
+        };
+        if !allowed {
+            return error_reply(iq, "forbidden", None);
+        }
+        Some(crate::xep::mam::run_query(server, iq, q, from, &room_jid).await)
     }
 
     pub fn domains(&self) -> &[String] {

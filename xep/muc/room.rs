@@ -8,7 +8,7 @@ use crate::config::MucModuleConfig;
 use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
-use crate::storage::StoredRoom;
+use crate::storage::{NewArchived, StoredRoom};
 use crate::util::{now_micros, parse_datetime, xmpp_datetime_micros};
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use bytes::Bytes;
@@ -90,6 +90,8 @@ pub struct RoomConfig {
     pub change_subject: bool,
     pub allow_invites: bool,
     pub history_length: usize,
+    /// Keep a message archive (XEP-0313) of the room.
+    pub archive: bool,
 }
 
 struct Occupant {
@@ -120,12 +122,15 @@ pub struct Room {
     dirty: bool,
     /// A copy is in storage.
     stored: bool,
+    /// Messages to add to the room archive.
+    to_archive: Vec<NewArchived>,
 }
 
 /// What to do in storage after a change.
 pub enum Persist {
     Save(StoredRoom),
     Delete(String),
+    Archive(NewArchived),
 }
 
 fn esc(s: &str) -> String {
@@ -171,6 +176,7 @@ impl Room {
                 change_subject: false,
                 allow_invites: true,
                 history_length: defaults.history_length,
+                archive: true,
             },
             jid,
             affiliations,
@@ -180,7 +186,21 @@ impl Room {
             fresh: true,
             dirty: false,
             stored: false,
+            to_archive: Vec::new(),
         }
+    }
+
+    /// Whether messages are archived and members may query them.
+    pub fn archives(&self, server: &Server) -> bool {
+        self.config.archive && server.modules.enabled("mam")
+    }
+
+    /// May `who` read the room archive? Occupants, and anyone who could join.
+    pub fn may_read_archive(&self, who: &FullJid) -> bool {
+        let aff = self.affiliation(&who.to_bare());
+        self.by_session(who).is_some()
+            || (aff != Affiliation::Outcast
+                && (!self.config.members_only || aff >= Affiliation::Member))
     }
 
     /// The storable form of a persistent room.
@@ -198,6 +218,7 @@ impl Room {
             ("change_subject", c.change_subject.to_string()),
             ("allow_invites", c.allow_invites.to_string()),
             ("history_length", c.history_length.to_string()),
+            ("archive", c.archive.to_string()),
         ]
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -246,6 +267,7 @@ impl Room {
                 "change_subject" => c.change_subject = b,
                 "allow_invites" => c.allow_invites = b,
                 "history_length" => c.history_length = v.parse().unwrap_or(c.history_length),
+                "archive" => c.archive = b,
                 _ => {}
             }
         }
@@ -257,19 +279,18 @@ impl Room {
         Some(room)
     }
 
-    /// What storage needs after the last operation, if anything.
-    pub fn take_persistence(&mut self) -> Option<Persist> {
-        if !std::mem::take(&mut self.dirty) {
-            return None;
+    /// What storage needs after the last operation.
+    pub fn take_persistence(&mut self) -> Vec<Persist> {
+        let mut ops: Vec<Persist> = self.to_archive.drain(..).map(Persist::Archive).collect();
+        if std::mem::take(&mut self.dirty) {
+            if self.config.persistent {
+                self.stored = true;
+                ops.push(Persist::Save(self.stored_form()));
+            } else if std::mem::take(&mut self.stored) {
+                ops.push(Persist::Delete(self.jid.to_string()));
+            }
         }
-        if self.config.persistent {
-            self.stored = true;
-            Some(Persist::Save(self.stored_form()))
-        } else if std::mem::take(&mut self.stored) {
-            Some(Persist::Delete(self.jid.to_string()))
-        } else {
-            None
-        }
+        ops
     }
 
     pub fn display_name(&self) -> &str {
@@ -497,6 +518,10 @@ impl Room {
         if self.config.whois_anyone {
             self_codes.push(100);
         }
+        if self.archives(server) {
+            // The room is logged (archived).
+            self_codes.push(170);
+        }
         if created {
             self_codes.push(201);
         }
@@ -677,13 +702,23 @@ impl Room {
         out.set("from", &occupant_jid(&self.jid, &nick));
         out.unset("to");
         // XEP-0359: the room's own id for the message.
+        let sid = crate::c2s::new_id();
         out.append_child(
             el("stanza-id", crate::xep::mam::SID)
-                .a("id", crate::c2s::new_id())
+                .a("id", sid.as_str())
                 .a("by", self.jid.as_str())
                 .build(),
         );
         self.fan_out(server, &out);
+        if self.archives(server) && crate::xep::mam::archivable_groupchat(&m) {
+            self.to_archive.push(NewArchived {
+                owner: self.jid.to_string(),
+                stanza_id: sid,
+                with: occupant_jid(&self.jid, &nick),
+                stanza: String::from_utf8(out.to_bytes()).unwrap_or_default(),
+                created_at: now_micros(),
+            });
+        }
         if m.has_child("body", ns::CLIENT) && self.config.history_length > 0 {
             let chars = m
                 .get_child("body", ns::CLIENT)
@@ -907,6 +942,11 @@ impl Room {
             } else {
                 "muc_unsecured"
             },
+            if c.archive {
+                crate::xep::mam::NS
+            } else {
+                "muc_unlogged"
+            },
         ];
         for f in features {
             q = q.c(el("feature", ns::DISCO_INFO).a("var", f).build());
@@ -1035,6 +1075,9 @@ impl Room {
                 "muc#roomconfig_whois" => c.whois_anyone = v == "anyone",
                 "muc#roomconfig_changesubject" => c.change_subject = truthy,
                 "muc#roomconfig_allowinvites" => c.allow_invites = truthy,
+                "muc#roomconfig_enablearchiving" | "muc#roomconfig_enablelogging" => {
+                    c.archive = truthy
+                }
                 "muc#maxhistoryfetch" | "muc#roomconfig_historylength" => {
                     c.history_length = v
                         .parse::<usize>()
