@@ -16,6 +16,22 @@ use xmppd::sasl::scram::client as scram;
 use xmppd::storage::AccountCredentials;
 use xmppd::xml::{ElementExt, StreamEvent, StreamParser};
 
+/// Define two tests running the same scenario on SQLite and on PostgreSQL.
+macro_rules! on_both_backends {
+    ($scenario:ident => $sqlite:ident, $postgres:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            $scenario(Backend::Sqlite).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            $scenario(Backend::Postgres).await;
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub const DOMAIN: &str = "localhost";
 

@@ -74,6 +74,22 @@ async fn spawn(cfg: &Path, port: u16) -> Server {
     panic!("xmppd did not start listening");
 }
 
+/// A data directory with alice and bob created through the CLI, and the server started on it.
+async fn fresh_server() -> (tempfile::TempDir, std::path::PathBuf, u16, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), port);
+    for u in ["alice", "bob"] {
+        let mut add = xmppd(
+            &cfg,
+            &["user", "add", &format!("{u}@localhost"), "--password", "pw"],
+        );
+        assert!(add.status().unwrap().success());
+    }
+    let server = spawn(&cfg, port).await;
+    (dir, cfg, port, server)
+}
+
 /// Send `n` messages with SM; kill the server after `kill_after`; return the ids acknowledged.
 async fn send_until_killed(
     addr: std::net::SocketAddr,
@@ -136,21 +152,7 @@ fn check_exactly_once(acked: &[String], got: &[String]) {
 
 #[tokio::test]
 async fn sigkill_loses_nothing_acknowledged_offline_recipient() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), port);
-    for u in ["alice", "bob"] {
-        assert!(
-            xmppd(
-                &cfg,
-                &["user", "add", &format!("{u}@localhost"), "--password", "pw"]
-            )
-            .status()
-            .unwrap()
-            .success()
-        );
-    }
-    let mut server = spawn(&cfg, port).await;
+    let (_dir, cfg, port, mut server) = fresh_server().await;
     let addr = ([127, 0, 0, 1], port).into();
     let acked = send_until_killed(addr, &mut server, 200, 125).await;
     let mut server = spawn(&cfg, port).await;
@@ -175,21 +177,7 @@ async fn sigkill_loses_nothing_acknowledged_offline_recipient() {
 
 #[tokio::test]
 async fn sigkill_loses_nothing_acknowledged_online_recipient() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), port);
-    for u in ["alice", "bob"] {
-        assert!(
-            xmppd(
-                &cfg,
-                &["user", "add", &format!("{u}@localhost"), "--password", "pw"]
-            )
-            .status()
-            .unwrap()
-            .success()
-        );
-    }
-    let mut server = spawn(&cfg, port).await;
+    let (_dir, cfg, port, mut server) = fresh_server().await;
     let addr = ([127, 0, 0, 1], port).into();
     // Bob is online; he reads what arrives live and remembers the last archive id.
     let mut bob = Client::online(addr, "bob", "pw", "r").await;

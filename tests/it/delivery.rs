@@ -70,15 +70,7 @@ async fn offline_in_order(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn offline_messages_wait_and_arrive_in_order_sqlite() {
-    offline_in_order(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn offline_messages_wait_and_arrive_in_order_postgres() {
-    offline_in_order(Backend::Postgres).await;
-}
+on_both_backends!(offline_in_order => offline_messages_wait_and_arrive_in_order_sqlite, offline_messages_wait_and_arrive_in_order_postgres);
 
 #[tokio::test]
 async fn offline_cap_bounces_and_negative_priority_waits() {

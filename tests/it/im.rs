@@ -192,15 +192,7 @@ async fn subscription_handshake_persists(backend: Backend) {
     );
 }
 
-#[tokio::test]
-async fn subscription_handshake_persists_sqlite() {
-    subscription_handshake_persists(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn subscription_handshake_persists_postgres() {
-    subscription_handshake_persists(Backend::Postgres).await;
-}
+on_both_backends!(subscription_handshake_persists => subscription_handshake_persists_sqlite, subscription_handshake_persists_postgres);
 
 #[tokio::test]
 async fn presence_broadcast_probe_and_unavailable() {

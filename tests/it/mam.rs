@@ -207,15 +207,7 @@ async fn archive_and_page(backend: Backend) {
     assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
 }
 
-#[tokio::test]
-async fn archive_both_sides_and_page_sqlite() {
-    archive_and_page(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn archive_both_sides_and_page_postgres() {
-    archive_and_page(Backend::Postgres).await;
-}
+on_both_backends!(archive_and_page => archive_both_sides_and_page_sqlite, archive_both_sides_and_page_postgres);
 
 #[tokio::test]
 async fn multi_device_carbons_and_catch_up_from_last_id() {

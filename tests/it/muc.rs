@@ -442,15 +442,7 @@ async fn persistent_room_survives_restart(backend: Backend) {
     assert!(!xml(&r).contains(ROOM));
 }
 
-#[tokio::test]
-async fn persistent_room_survives_restart_sqlite() {
-    persistent_room_survives_restart(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn persistent_room_survives_restart_postgres() {
-    persistent_room_survives_restart(Backend::Postgres).await;
-}
+on_both_backends!(persistent_room_survives_restart => persistent_room_survives_restart_sqlite, persistent_room_survives_restart_postgres);
 
 #[tokio::test]
 async fn members_who_were_away_catch_up_from_the_room_archive() {
