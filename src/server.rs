@@ -24,8 +24,22 @@ pub struct Server {
     pub resumptions: crate::xep::sm::Resumptions,
     pub blocks: crate::xep::blocking::BlockCache,
     pub muc: crate::xep::muc::MucService,
+    /// Serialises read-modify-write of each account's roster rows.
+    roster_locks: Vec<tokio::sync::Mutex<()>>,
     pub started: Instant,
     connections: Mutex<HashMap<IpAddr, usize>>,
+}
+
+const ROSTER_LOCK_STRIPES: usize = 256;
+
+impl Server {
+    /// The lock for an account's roster (striped: unrelated accounts rarely share one,
+    /// and no code holds one while taking another).
+    pub fn roster_lock(&self, owner: &jid::BareJid) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(owner.as_str()) as usize;
+        &self.roster_locks[h % ROSTER_LOCK_STRIPES]
+    }
 }
 
 /// A running server: its bound addresses and a way to stop it.
@@ -89,6 +103,9 @@ pub async fn start(config: Config) -> Result<Running> {
         resumptions: Default::default(),
         blocks: Default::default(),
         muc: crate::xep::muc::MucService::new(&config),
+        roster_locks: (0..ROSTER_LOCK_STRIPES)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect(),
         started: Instant::now(),
         connections: Mutex::new(HashMap::new()),
         config,

@@ -3,7 +3,7 @@
 use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
-use crate::storage::{RosterItem, Subscription};
+use crate::storage::RosterItem;
 use crate::xml::{BuilderExt, el, ns};
 use jid::{BareJid, FullJid};
 use minidom::Element;
@@ -48,23 +48,6 @@ pub fn push(server: &Server, owner: &BareJid, item: &RosterItem, remove: bool, v
             .build();
         h.send(to_bytes(&iq));
     }
-}
-
-/// Save a row and push it when the user can see it.
-pub async fn save_and_push(
-    server: &Server,
-    owner: &BareJid,
-    item: &RosterItem,
-) -> crate::storage::Result<()> {
-    let version = server
-        .storage
-        .roster
-        .put_roster_item(owner.as_str(), item)
-        .await?;
-    if item.in_roster {
-        push(server, owner, item, false, version);
-    }
-    Ok(())
 }
 
 /// Handle a roster IQ from the account's own session.
@@ -158,32 +141,26 @@ async fn set(
         }
         groups.push(name);
     }
-    let new = match existing {
-        Some(mut e) => {
-            e.in_roster = true;
-            e.name = item.attr("name").map(String::from);
-            e.groups = groups;
-            e
+    if existing.is_none() {
+        let (_, all) = server
+            .storage
+            .roster
+            .roster(owner.as_str())
+            .await
+            .map_err(db_err)?;
+        if all.len() >= server.config.limits.max_roster_items {
+            return Err("not-allowed");
         }
-        None => {
-            let (_, all) = server
-                .storage
-                .roster
-                .roster(owner.as_str())
-                .await
-                .map_err(db_err)?;
-            if all.len() >= server.config.limits.max_roster_items {
-                return Err("not-allowed");
-            }
-            let mut e = RosterItem::new(contact.as_str());
-            e.in_roster = true;
-            e.subscription = Subscription::None;
-            e.name = item.attr("name").map(String::from);
-            e.groups = groups;
-            e
-        }
-    };
-    save_and_push(server, owner, &new).await.map_err(db_err)?;
+    }
+    let name = item.attr("name").map(String::from);
+    crate::im::subscription::update_row(server, owner, &contact, true, |it| {
+        it.in_roster = true;
+        it.name = name;
+        it.groups = groups;
+        true
+    })
+    .await
+    .map_err(db_err)?;
     Ok(iq_result(iq, None))
 }
 

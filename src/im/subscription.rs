@@ -3,21 +3,68 @@
 //! `outbound` applies the user's side of a subscription stanza and routes it;
 //! the `inbound_*` functions apply the contact's side on delivery. Both sides
 //! are local for now; federation will route the stamped stanza to s2s instead.
+//!
+//! Every change to a roster row is a read-modify-write under that account's
+//! lock (`update`), and no lock is held while the other side is handled, so
+//! crossing requests (a pre-approval racing a request) converge and two
+//! accounts never wait on each other.
 
-use crate::im::{roster::save_and_push, to_available};
+use crate::im::to_available;
 use crate::server::Server;
 use crate::storage::{Result, RosterItem};
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use jid::BareJid;
 use minidom::Element;
 
-async fn item(server: &Server, owner: &BareJid, contact: &BareJid) -> Result<RosterItem> {
-    Ok(server
+/// Apply `change` to `owner`'s row for `contact` under the owner's lock; the
+/// row is saved only if `change` returns `true`, and pushed when what the
+/// user sees of it changed. Returns the row as it was and as it is now.
+pub async fn update(
+    server: &Server,
+    owner: &BareJid,
+    contact: &BareJid,
+    change: impl FnOnce(&mut RosterItem) -> bool,
+) -> Result<(RosterItem, RosterItem)> {
+    update_row(server, owner, contact, false, change).await
+}
+
+/// `update`, always pushing the result (a roster set is always echoed, RFC 6121 §2.3.2).
+pub async fn update_row(
+    server: &Server,
+    owner: &BareJid,
+    contact: &BareJid,
+    always_push: bool,
+    change: impl FnOnce(&mut RosterItem) -> bool,
+) -> Result<(RosterItem, RosterItem)> {
+    let _guard = server.roster_lock(owner).lock().await;
+    let before = server
         .storage
         .roster
         .roster_item(owner.as_str(), contact.as_str())
         .await?
-        .unwrap_or_else(|| RosterItem::new(contact.as_str())))
+        .unwrap_or_else(|| RosterItem::new(contact.as_str()));
+    let mut after = before.clone();
+    if change(&mut after) {
+        let version = server
+            .storage
+            .roster
+            .put_roster_item(owner.as_str(), &after)
+            .await?;
+        if after.in_roster && (always_push || !looks_the_same(&before, &after)) {
+            crate::im::roster::push(server, owner, &after, false, version);
+        }
+    }
+    Ok((before, after))
+}
+
+/// Whether the user would see the same roster item (pending requests are not shown).
+fn looks_the_same(a: &RosterItem, b: &RosterItem) -> bool {
+    a.in_roster == b.in_roster
+        && a.name == b.name
+        && a.subscription == b.subscription
+        && a.ask == b.ask
+        && a.approved == b.approved
+        && a.groups == b.groups
 }
 
 /// The subscription stanza as routed: from the user's bare JID, to the contact's bare JID.
@@ -47,52 +94,69 @@ pub async fn outbound(
     contact: &BareJid,
     original: &Element,
 ) -> Result<()> {
-    let mut it = item(server, user, contact).await?;
     match kind {
         "subscribe" => {
-            if !it.subscription.has_to() && (!it.ask || !it.in_roster) {
+            update(server, user, contact, |it| {
+                if it.subscription.has_to() || (it.ask && it.in_roster) {
+                    return false;
+                }
                 it.ask = true;
                 it.in_roster = true;
-                save_and_push(server, user, &it).await?;
-            }
+                true
+            })
+            .await?;
             route(server, user, kind, contact, original).await
         }
         "subscribed" => {
-            if it.pending_in {
-                it.subscription = it.subscription.with_from(true);
-                it.pending_in = false;
-                it.pending_in_status = None;
-                it.in_roster = true;
-                save_and_push(server, user, &it).await?;
+            let (before, _) = update(server, user, contact, |it| {
+                if it.pending_in {
+                    it.subscription = it.subscription.with_from(true);
+                    it.pending_in = false;
+                    it.pending_in_status = None;
+                    it.in_roster = true;
+                    true
+                } else if !it.subscription.has_from() && !it.approved {
+                    // Pre-approval (RFC 6121 §3.4): remembered, not routed.
+                    it.approved = true;
+                    it.in_roster = true;
+                    true
+                } else {
+                    false
+                }
+            })
+            .await?;
+            if before.pending_in {
                 route(server, user, kind, contact, original).await?;
                 send_current_presence(server, user, contact);
-            } else if !it.subscription.has_from() && !it.approved {
-                // Pre-approval (RFC 6121 §3.4): remembered, not routed.
-                it.approved = true;
-                it.in_roster = true;
-                save_and_push(server, user, &it).await?;
             }
             Ok(())
         }
         "unsubscribe" => {
-            if it.subscription.has_to() || it.ask {
+            update(server, user, contact, |it| {
+                if !(it.subscription.has_to() || it.ask) {
+                    return false;
+                }
                 it.subscription = it.subscription.with_to(false);
                 it.ask = false;
-                save_and_push(server, user, &it).await?;
-            }
+                true
+            })
+            .await?;
             route(server, user, kind, contact, original).await
         }
         "unsubscribed" => {
-            let had_from = it.subscription.has_from();
-            if had_from || it.pending_in || it.approved {
+            let (before, _) = update(server, user, contact, |it| {
+                if !(it.subscription.has_from() || it.pending_in || it.approved) {
+                    return false;
+                }
                 it.subscription = it.subscription.with_from(false);
                 it.pending_in = false;
                 it.pending_in_status = None;
                 it.approved = false;
-                save_and_push(server, user, &it).await?;
-            }
+                true
+            })
+            .await?;
             route(server, user, kind, contact, original).await?;
-            if had_from {
+            if before.subscription.has_from() {
                 send_unavailable(server, user, contact);
             }
             Ok(())
@@ -135,29 +199,31 @@ pub async fn inbound_subscribe(
         let reply = stamped("unsubscribed", to, from, None);
         return inbound_unsubscribed(server, to, from, reply).await;
     }
-    let mut it = item(server, to, from).await?;
-    if it.subscription.has_from() {
-        // Already subscribed: answer on the contact's behalf.
-        let reply = stamped("subscribed", to, from, None);
-        return inbound_subscribed(server, to, from, reply).await;
-    }
-    if it.approved {
-        it.subscription = it.subscription.with_from(true);
-        it.approved = false;
-        save_and_push(server, to, &it).await?;
+    let status = stanza.get_child("status", ns::CLIENT).map(|s| s.text());
+    let (before, _) = update(server, to, from, |it| {
+        if it.subscription.has_from() {
+            false
+        } else if it.approved {
+            it.subscription = it.subscription.with_from(true);
+            it.approved = false;
+            true
+        } else {
+            // Kept and redelivered at the next login until answered.
+            it.pending_in = true;
+            it.pending_in_status = status;
+            true
+        }
+    })
+    .await?;
+    if before.subscription.has_from() || before.approved {
+        // Already subscribed, or pre-approved: answered on the contact's behalf.
         let reply = stamped("subscribed", to, from, None);
         inbound_subscribed(server, to, from, reply).await?;
-        send_current_presence(server, to, from);
+        if before.approved {
+            send_current_presence(server, to, from);
+        }
         return Ok(());
     }
-    it.pending_in = true;
-    it.pending_in_status = stanza.get_child("status", ns::CLIENT).map(|s| s.text());
-    // Stored (visible state unchanged, so no push) and redelivered at the next login.
-    server
-        .storage
-        .roster
-        .put_roster_item(to.as_str(), &it)
-        .await?;
     to_available(server, to, &stanza);
     Ok(())
 }
@@ -168,14 +234,18 @@ pub async fn inbound_subscribed(
     to: &BareJid,
     stanza: Element,
 ) -> Result<()> {
-    let mut it = item(server, to, from).await?;
-    if !it.ask {
-        return Ok(());
+    let (before, _) = update(server, to, from, |it| {
+        if !it.ask {
+            return false;
+        }
+        it.subscription = it.subscription.with_to(true);
+        it.ask = false;
+        true
+    })
+    .await?;
+    if before.ask {
+        to_available(server, to, &stanza);
     }
-    it.subscription = it.subscription.with_to(true);
-    it.ask = false;
-    save_and_push(server, to, &it).await?;
-    to_available(server, to, &stanza);
     Ok(())
 }
 
@@ -185,17 +255,21 @@ pub async fn inbound_unsubscribe(
     to: &BareJid,
     stanza: Element,
 ) -> Result<()> {
-    let mut it = item(server, to, from).await?;
-    let had_from = it.subscription.has_from();
-    if !had_from && !it.pending_in {
+    let (before, _) = update(server, to, from, |it| {
+        if !it.subscription.has_from() && !it.pending_in {
+            return false;
+        }
+        it.subscription = it.subscription.with_from(false);
+        it.pending_in = false;
+        it.pending_in_status = None;
+        true
+    })
+    .await?;
+    if !before.subscription.has_from() && !before.pending_in {
         return Ok(());
     }
-    it.subscription = it.subscription.with_from(false);
-    it.pending_in = false;
-    it.pending_in_status = None;
-    save_and_push(server, to, &it).await?;
     to_available(server, to, &stanza);
-    if had_from {
+    if before.subscription.has_from() {
         send_unavailable(server, to, from);
     }
     Ok(())
@@ -207,14 +281,18 @@ pub async fn inbound_unsubscribed(
     to: &BareJid,
     stanza: Element,
 ) -> Result<()> {
-    let mut it = item(server, to, from).await?;
-    if !it.subscription.has_to() && !it.ask {
-        return Ok(());
+    let (before, _) = update(server, to, from, |it| {
+        if !it.subscription.has_to() && !it.ask {
+            return false;
+        }
+        it.subscription = it.subscription.with_to(false);
+        it.ask = false;
+        true
+    })
+    .await?;
+    if before.subscription.has_to() || before.ask {
+        to_available(server, to, &stanza);
     }
-    it.subscription = it.subscription.with_to(false);
-    it.ask = false;
-    save_and_push(server, to, &it).await?;
-    to_available(server, to, &stanza);
     Ok(())
 }
 
@@ -262,11 +340,14 @@ pub async fn remove_contact(
             send_unavailable(server, owner, contact);
         }
     }
-    let version = server
-        .storage
-        .roster
-        .delete_roster_item(owner.as_str(), contact.as_str())
-        .await?;
+    let version = {
+        let _guard = server.roster_lock(owner).lock().await;
+        server
+            .storage
+            .roster
+            .delete_roster_item(owner.as_str(), contact.as_str())
+            .await?
+    };
     crate::im::roster::push(server, owner, &it, true, version);
     Ok(())
 }
