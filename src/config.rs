@@ -155,6 +155,8 @@ pub struct MucModuleConfig {
     pub subdomain: String,
     /// Rooms the service holds at most.
     pub max_rooms: usize,
+    /// Rooms one account may own at most.
+    pub max_rooms_per_user: usize,
     /// Occupants per room at most (room owners may set lower).
     pub max_occupants: usize,
     /// Messages of history kept per room and sent on join by default.
@@ -166,6 +168,7 @@ impl Default for MucModuleConfig {
         Self {
             subdomain: "conference".into(),
             max_rooms: 10_000,
+            max_rooms_per_user: 100,
             max_occupants: 1000,
             history_length: 20,
         }

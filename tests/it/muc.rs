@@ -530,3 +530,27 @@ async fn members_who_were_away_catch_up_from_the_room_archive() {
         .await;
     assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
 }
+
+#[tokio::test]
+async fn rooms_per_user_are_limited() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| c.modules.muc.max_rooms_per_user = 2).await;
+    let mut c = users(&s, &["alice"]).await;
+    let mut alice = c.pop().unwrap();
+    for r in ["r1", "r2"] {
+        alice
+            .send(&format!(
+                "<presence to='{r}@conference.localhost/A'><x xmlns='{MUC}'/></presence>"
+            ))
+            .await;
+        alice
+            .recv_until(|e| e.attr("from") == Some(&format!("{r}@conference.localhost/A")))
+            .await;
+    }
+    alice
+        .send(&format!(
+            "<presence to='r3@conference.localhost/A'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+    let e = alice.recv_until(|e| e.attr("type") == Some("error")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("not-allowed"));
+}

@@ -254,6 +254,16 @@ impl MucService {
                     drop(rooms);
                     return reply(server, &p, "resource-constraint", Some("too many rooms"));
                 }
+                // Creation is rare: counting the creator's rooms by scanning is cheap enough.
+                let creator = from.to_bare();
+                let owned = rooms
+                    .values()
+                    .filter(|r| r.lock().unwrap().is_owner(&creator))
+                    .count();
+                if owned >= server.config.modules.muc.max_rooms_per_user {
+                    drop(rooms);
+                    return reply(server, &p, "not-allowed", Some("you own too many rooms"));
+                }
                 let created = rooms.entry(room_jid.clone()).or_insert_with(|| {
                     Arc::new(Mutex::new(Room::new(
                         room_jid.clone(),

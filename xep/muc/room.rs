@@ -301,6 +301,10 @@ impl Room {
         }
     }
 
+    pub fn is_owner(&self, bare: &BareJid) -> bool {
+        self.affiliation(bare) == Affiliation::Owner
+    }
+
     pub fn is_empty(&self) -> bool {
         self.occupants.is_empty()
     }
