@@ -22,6 +22,51 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub limits: LimitsConfig,
     pub modules: ModulesConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListenerConfig {
+    #[serde(default = "default_address")]
+    pub address: String,
+    pub port: u16,
+    /// HTTPS with the same certificates as XMPP.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Upload (XEP-0363), and later WebSocket/BOSH, are served here.
+    pub listeners: Vec<HttpListenerConfig>,
+    /// Base URL clients reach the listener at (for upload URLs). Default:
+    /// https://<host>:<port> of the first TLS listener (else http://).
+    pub public_url: Option<String>,
+    /// Serve `/metrics` to any address, not only loopback.
+    pub metrics_public: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listeners: vec![
+                HttpListenerConfig {
+                    address: default_address(),
+                    port: 5280,
+                    tls: false,
+                },
+                HttpListenerConfig {
+                    address: default_address(),
+                    port: 5443,
+                    tls: true,
+                },
+            ],
+            public_url: None,
+            metrics_public: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -146,6 +191,34 @@ pub struct ModulesConfig {
     pub version: VersionModuleConfig,
     pub offline: OfflineModuleConfig,
     pub muc: MucModuleConfig,
+    pub upload: UploadModuleConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadModuleConfig {
+    /// The upload service is `<subdomain>.<host>`.
+    pub subdomain: String,
+    /// Largest file in bytes.
+    pub max_file_size: u64,
+    /// Bytes one account may have stored at once.
+    pub quota_per_user: u64,
+    /// Days files are kept.
+    pub retention_days: u32,
+    /// Seconds a slot's PUT URL stays valid.
+    pub put_valid_seconds: u64,
+}
+
+impl Default for UploadModuleConfig {
+    fn default() -> Self {
+        Self {
+            subdomain: "upload".into(),
+            max_file_size: 100 * 1024 * 1024,
+            quota_per_user: 1024 * 1024 * 1024,
+            retention_days: 30,
+            put_valid_seconds: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +276,7 @@ impl Default for ModulesConfig {
             version: VersionModuleConfig::default(),
             offline: OfflineModuleConfig::default(),
             muc: MucModuleConfig::default(),
+            upload: UploadModuleConfig::default(),
         }
     }
 }
@@ -238,6 +312,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             limits: LimitsConfig::default(),
             modules: ModulesConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

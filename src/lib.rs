@@ -2,7 +2,9 @@
 
 pub mod c2s;
 pub mod config;
+pub mod http;
 pub mod im;
+pub mod metrics;
 pub mod net;
 pub mod router;
 pub mod sasl;

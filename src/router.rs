@@ -124,6 +124,11 @@ impl SessionHandle {
         self.shared.kill.notify_one();
     }
 
+    /// Stanzas waiting in the queue (for metrics).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     pub fn priority(&self) -> Option<i8> {
         self.shared.available().map(|a| a.priority)
     }

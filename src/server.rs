@@ -24,6 +24,8 @@ pub struct Server {
     pub resumptions: crate::xep::sm::Resumptions,
     pub blocks: crate::xep::blocking::BlockCache,
     pub muc: crate::xep::muc::MucService,
+    pub upload: crate::xep::upload::UploadService,
+    pub metrics: crate::metrics::Metrics,
     /// Serialises read-modify-write of each account's roster rows.
     roster_locks: Vec<tokio::sync::Mutex<()>>,
     pub started: Instant,
@@ -47,6 +49,8 @@ pub struct Running {
     pub server: Arc<Server>,
     /// (mode, address) of each listener, with real ports when 0 was configured.
     pub listeners: Vec<(TlsMode, SocketAddr)>,
+    /// (tls, address) of each HTTP listener.
+    pub http_listeners: Vec<(bool, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Writers that must finish (not be aborted) on shutdown.
@@ -103,6 +107,9 @@ pub async fn start(config: Config) -> Result<Running> {
         resumptions: Default::default(),
         blocks: Default::default(),
         muc: crate::xep::muc::MucService::new(&config),
+        upload: crate::xep::upload::UploadService::new(&config)
+            .context("preparing the upload directory")?,
+        metrics: Default::default(),
         roster_locks: (0..ROSTER_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),
@@ -115,6 +122,46 @@ pub async fn start(config: Config) -> Result<Running> {
     let mut tasks = Vec::new();
     if server.modules.enabled("offline") {
         tasks.push(crate::xep::offline::spawn_expiry(server.clone()));
+    }
+    let mut http_listeners = Vec::new();
+    for l in &server.config.http.listeners {
+        let addr = format!("{}:{}", l.address, l.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("HTTP listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, tls = l.tls, "HTTP listening");
+        http_listeners.push((l.tls, local));
+        tasks.push(tokio::spawn(crate::http::serve(
+            server.clone(),
+            listener,
+            l.tls,
+        )));
+    }
+    let base = server.config.http.public_url.clone().or_else(|| {
+        let host = &server.config.hosts[0];
+        let pick = http_listeners
+            .iter()
+            .find(|(tls, _)| *tls)
+            .or(http_listeners.first());
+        pick.map(|(tls, a)| {
+            format!(
+                "{}://{host}:{}",
+                if *tls { "https" } else { "http" },
+                a.port()
+            )
+        })
+    });
+    if let Some(b) = base {
+        let _ = server
+            .upload
+            .base_url
+            .set(b.trim_end_matches('/').to_string());
+    }
+    if !server.upload.domains().is_empty() {
+        tasks.push(crate::xep::upload::UploadService::spawn_cleanup(
+            server.clone(),
+        ));
     }
     let mut drain = Vec::new();
     if let Some(t) = crate::xep::muc::MucService::start(&server).await? {
@@ -138,6 +185,7 @@ pub async fn start(config: Config) -> Result<Running> {
     Ok(Running {
         server,
         listeners,
+        http_listeners,
         shutdown: tx,
         tasks,
         drain,
@@ -189,6 +237,8 @@ impl ConnectionGuard {
             return None;
         }
         *n += 1;
+        crate::metrics::Metrics::inc(&server.metrics.connections_opened);
+        crate::metrics::Metrics::inc(&server.metrics.connections_open);
         Some(ConnectionGuard {
             server: server.clone(),
             ip,
@@ -198,6 +248,10 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        self.server
+            .metrics
+            .connections_open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut m = self.server.connections.lock().unwrap();
         if let Some(n) = m.get_mut(&self.ip) {
             *n -= 1;

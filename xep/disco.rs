@@ -33,10 +33,16 @@ impl Module for Disco {
             let mut items = el("query", ns::DISCO_ITEMS);
             if let Target::Server(domain) = req.target {
                 let suffix = format!(".{domain}");
-                for d in server.muc.domains().iter().filter(|d| d.ends_with(&suffix)) {
+                let upload = server
+                    .upload
+                    .domains()
+                    .iter()
+                    .map(|d| (d, "HTTP File Upload"));
+                let muc = server.muc.domains().iter().map(|d| (d, "Chatrooms"));
+                for (d, name) in muc.chain(upload).filter(|(d, _)| d.ends_with(&suffix)) {
                     items = items.c(el("item", ns::DISCO_ITEMS)
                         .a("jid", d.as_str())
-                        .a("name", "Chatrooms")
+                        .a("name", name)
                         .build());
                 }
             }

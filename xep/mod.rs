@@ -14,6 +14,7 @@ pub mod ping;
 pub mod register;
 pub mod sm;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
@@ -27,7 +28,7 @@ use std::sync::Arc;
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
     "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
-    "blocking", "muc",
+    "blocking", "muc", "upload",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -82,7 +83,7 @@ impl Modules {
                 "mam" => Arc::new(mam::Mam),
                 "blocking" => Arc::new(blocking::Blocking),
                 // A component with its own domain: routed by domain, not by IQ namespace.
-                "muc" => continue,
+                "muc" | "upload" => continue,
                 _ => continue,
             };
             list.push(m);

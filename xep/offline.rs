@@ -69,10 +69,14 @@ pub async fn store(server: &Server, owner: &BareJid, msg: &Element) -> Stored {
         .store_offline(owner.as_str(), &xml, max)
         .await
     {
-        Ok(true) => Stored::Yes,
+        Ok(true) => {
+            crate::metrics::Metrics::inc(&server.metrics.offline_stored);
+            Stored::Yes
+        }
         Ok(false) => Stored::Full,
         Err(e) => {
             tracing::error!(error = %e, "offline store failed");
+            crate::metrics::Metrics::inc(&server.metrics.storage_errors);
             Stored::Failed
         }
     }

@@ -534,6 +534,7 @@ impl Negotiation {
         data: Option<Vec<u8>>,
     ) -> Result<(), Abort> {
         self.server.auth_limiter.success(jid.as_str());
+        crate::metrics::Metrics::inc(&self.server.metrics.auth_success);
         let body = data.map(|d| B64.encode(d)).unwrap_or_default();
         conn.write(format!("<success xmlns='{}'>{body}</success>", ns::SASL).as_bytes())
             .await?;
@@ -550,6 +551,7 @@ impl Negotiation {
         jid: Option<&BareJid>,
     ) -> Result<(), Abort> {
         self.failures += 1;
+        crate::metrics::Metrics::inc(&self.server.metrics.auth_failure);
         let delay = self
             .server
             .auth_limiter

@@ -152,7 +152,9 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                     }
                 }
                 inflight.clear();
-                for b in s.csi.filter(batch) {
+                let batch = s.csi.filter(batch);
+                server.metrics.stanzas_out.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                for b in batch {
                     out.extend_from_slice(&b);
                     match s.sm.as_mut() {
                         Some(sm) => sm.record_sent(b),
@@ -482,6 +484,7 @@ impl Session {
             }
         }
         e.set("from", self.jid.as_str());
+        self.server.metrics.stanza_in(e.name());
         let to = match e.attr("to").map(Jid::new) {
             None => None,
             Some(Ok(j)) => Some(j),
@@ -547,6 +550,15 @@ impl Session {
                 }
                 return;
             }
+        }
+        if let Some(j) = &to
+            && server.upload.handles(j.domain().as_str())
+        {
+            if let Some(mut r) = server.upload.handle_iq(&server, &iq, &self.jid).await {
+                r.set("to", self.jid.as_str());
+                self.send(&r);
+            }
+            return;
         }
         if let Some(j) = &to
             && server.muc.handles(j.domain().as_str())

@@ -42,6 +42,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_muc.sql"),
         postgres: include_str!("../../migrations/postgres/0005_muc.sql"),
     },
+    Migration {
+        version: 6,
+        name: "upload",
+        sqlite: include_str!("../../migrations/sqlite/0006_upload.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_upload.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

@@ -273,6 +273,30 @@ pub trait MucStore: Send + Sync {
     async fn delete_room(&self, jid: &str) -> Result<()>;
 }
 
+/// An upload slot (XEP-0363); `sha256` is empty until the file arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSlot {
+    pub id: String,
+    pub owner: String,
+    pub filename: String,
+    pub size: i64,
+    pub content_type: String,
+    pub sha256: String,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait UploadStore: Send + Sync {
+    async fn create_slot(&self, slot: &UploadSlot) -> Result<()>;
+    async fn slot(&self, id: &str) -> Result<Option<UploadSlot>>;
+    /// Record the file of a slot; `false` if it already had one.
+    async fn complete_slot(&self, id: &str, sha256: &str) -> Result<bool>;
+    /// Bytes reserved or stored by an account.
+    async fn upload_usage(&self, owner: &str) -> Result<i64>;
+    /// Delete slots created before `before`; returns the file hashes no slot uses any more.
+    async fn expire_slots(&self, before: i64) -> Result<Vec<String>>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
@@ -284,6 +308,7 @@ pub struct Storage {
     pub archive: Arc<dyn ArchiveStore>,
     pub blocks: Arc<dyn BlockStore>,
     pub muc: Arc<dyn MucStore>,
+    pub uploads: Arc<dyn UploadStore>,
     pub backend: &'static str,
 }
 
@@ -301,7 +326,8 @@ impl Storage {
             last: store.clone(),
             archive: store.clone(),
             blocks: store.clone(),
-            muc: store,
+            muc: store.clone(),
+            uploads: store,
         })
     }
 }

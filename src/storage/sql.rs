@@ -602,3 +602,63 @@ impl MucStore for SqlStore {
         Ok(())
     }
 }
+
+type SlotRow = (String, String, String, i64, String, String, i64);
+
+#[async_trait]
+impl UploadStore for SqlStore {
+    async fn create_slot(&self, s: &UploadSlot) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query(
+            "INSERT INTO upload_slots (id, owner, filename, size, content_type, sha256, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&s.id).bind(&s.owner).bind(&s.filename).bind(s.size).bind(&s.content_type)
+            .bind(&s.sha256).bind(s.created_at).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    async fn slot(&self, id: &str) -> Result<Option<UploadSlot>> {
+        let row: Option<SlotRow> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT id, owner, filename, size, content_type, sha256, created_at FROM upload_slots WHERE id = $1")
+            .bind(id).fetch_optional(p).await?);
+        Ok(row.map(|r| UploadSlot {
+            id: r.0,
+            owner: r.1,
+            filename: r.2,
+            size: r.3,
+            content_type: r.4,
+            sha256: r.5,
+            created_at: r.6,
+        }))
+    }
+
+    async fn complete_slot(&self, id: &str, sha256: &str) -> Result<bool> {
+        let n = with_db!(&self.db, p => sqlx::query(
+            "UPDATE upload_slots SET sha256 = $2 WHERE id = $1 AND sha256 = ''")
+            .bind(id).bind(sha256).execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    async fn upload_usage(&self, owner: &str) -> Result<i64> {
+        let (n,): (i64,) = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM upload_slots WHERE owner = $1")
+            .bind(owner).fetch_one(p).await?);
+        Ok(n)
+    }
+
+    async fn expire_slots(&self, before: i64) -> Result<Vec<String>> {
+        let gone: Vec<(String,)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT DISTINCT sha256 FROM upload_slots WHERE created_at < $1 AND sha256 <> ''")
+            .bind(before).fetch_all(p).await?);
+        with_db!(&self.db, p => sqlx::query("DELETE FROM upload_slots WHERE created_at < $1")
+            .bind(before).execute(p).await.map(|_| ())?);
+        let mut orphans = Vec::new();
+        for (sha,) in gone {
+            let (n,): (i64,) = with_db!(&self.db, p => sqlx::query_as(
+                "SELECT COUNT(*) FROM upload_slots WHERE sha256 = $1").bind(&sha).fetch_one(p).await?);
+            if n == 0 {
+                orphans.push(sha);
+            }
+        }
+        Ok(orphans)
+    }
+}

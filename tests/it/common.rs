@@ -99,6 +99,11 @@ impl TestServer {
                 tls: TlsMode::Direct,
             },
         ];
+        config.http.listeners = vec![xmppd::config::HttpListenerConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+            tls: false,
+        }];
         tweak(&mut config);
         let running = xmppd::start(config.clone()).await.expect("server starts");
         TestServer {
@@ -114,6 +119,11 @@ impl TestServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.running().addr(TlsMode::Starttls).unwrap()
+    }
+
+    /// The plain HTTP listener (upload, metrics).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.running().http_listeners[0].1
     }
 
     pub fn direct_addr(&self) -> SocketAddr {

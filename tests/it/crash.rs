@@ -24,7 +24,7 @@ fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
         &cfg,
         format!(
             "hosts = [\"localhost\"]\ndata_dir = \"{d}\"\n[storage]\nurl = \"sqlite://{d}/xmppd.db\"\n\
-             [[listeners]]\naddress = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\n",
+             [[listeners]]\naddress = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\n[http]\nlisteners = []\n",
             d = dir.display()
         ),
     )

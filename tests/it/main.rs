@@ -11,4 +11,5 @@ mod mam;
 mod muc;
 mod sm;
 mod storage;
+mod upload;
 mod xep;
