@@ -10,13 +10,28 @@ use tokio_rustls::server::TlsStream;
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// XMPP over WebSocket (RFC 7395): one element per text message. `secure`
+    /// when the HTTP connection is TLS (or loopback, for local development).
+    WebSocket {
+        ws: Box<axum::extract::ws::WebSocket>,
+        secure: bool,
+    },
     /// Placeholder while the stream is being upgraded.
     Gone,
 }
 
 impl Transport {
+    /// Encrypted (or otherwise trusted) enough for authentication.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+        match self {
+            Transport::Tls(_) => true,
+            Transport::WebSocket { secure, .. } => *secure,
+            _ => false,
+        }
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Transport::WebSocket { .. })
     }
 
     /// RFC 9266 tls-exporter channel binding; only defined for TLS 1.3 here.
@@ -52,7 +67,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Transport::Gone => Poll::Ready(Err(gone())),
+            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Err(gone())),
         }
     }
 }
@@ -66,21 +81,21 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Transport::Gone => Poll::Ready(Err(gone())),
+            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Err(gone())),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Transport::Gone => Poll::Ready(Err(gone())),
+            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Err(gone())),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Transport::Gone => Poll::Ready(Ok(())),
+            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Ok(())),
         }
     }
     fn poll_write_vectored(
@@ -91,14 +106,14 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            Transport::Gone => Poll::Ready(Err(gone())),
+            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Err(gone())),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             Transport::Plain(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
-            Transport::Gone => false,
+            Transport::Gone | Transport::WebSocket { .. } => false,
         }
     }
 }

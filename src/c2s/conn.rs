@@ -1,9 +1,13 @@
 //! An XML stream over a transport: reading with a rate limit, parsing into
-//! events, writing, and stream errors.
+//! events, writing, and stream errors. Byte streams (TCP, TLS) carry one XML
+//! document; WebSocket (RFC 7395) carries one element per message, with
+//! `<open/>`/`<close/>` standing for the stream root, so the code above sees
+//! the same events either way.
 
 use crate::config::LimitsConfig;
 use crate::net::Transport;
 use crate::xml::{StreamEvent, StreamParser, XmlError};
+use axum::extract::ws::{Message, WebSocket};
 use std::collections::VecDeque;
 use std::io;
 use std::time::Duration;
@@ -12,12 +16,13 @@ use tokio::time::Instant;
 
 const READ_CHUNK: usize = 4096;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const WS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 
 #[derive(Debug)]
 pub enum ConnError {
     Io(io::Error),
     Xml(XmlError),
-    /// The peer closed the TCP connection.
+    /// The peer closed the connection.
     Eof,
 }
 
@@ -62,10 +67,14 @@ pub struct XmlConn {
 impl XmlConn {
     pub fn new(io: Transport, limits: &LimitsConfig) -> Self {
         XmlConn {
+            buf: if io.is_websocket() {
+                Vec::new()
+            } else {
+                vec![0u8; READ_CHUNK]
+            },
             io,
             parser: StreamParser::new(limits.max_stanza_bytes, limits.max_depth),
             events: VecDeque::new(),
-            buf: vec![0u8; READ_CHUNK],
             max_stanza: limits.max_stanza_bytes,
             max_depth: limits.max_depth,
             rate: RateLimit {
@@ -90,10 +99,18 @@ impl XmlConn {
         self.events.pop_front()
     }
 
-    /// Read once and parse. Cancel-safe: nothing is consumed until `read` returns.
+    /// Read once and parse. Cancel-safe: nothing is consumed until the read returns.
     pub async fn read_some(&mut self) -> Result<(), ConnError> {
         if let Some(d) = self.rate.delay() {
             tokio::time::sleep(d).await;
+        }
+        if let Transport::WebSocket { ws, .. } = &mut self.io {
+            let text = read_text(ws).await?;
+            self.bytes_in += text.len() as u64;
+            self.rate.tokens -= text.len() as f64;
+            let ev = parse_frame(&text, self.max_stanza, self.max_depth).map_err(ConnError::Xml)?;
+            self.events.push_back(ev);
+            return Ok(());
         }
         let n = self.io.read(&mut self.buf).await?;
         if n == 0 {
@@ -117,14 +134,35 @@ impl XmlConn {
         }
     }
 
+    /// Write one element (over WebSocket: one message) or, on a byte stream, any bytes.
     pub async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_frames(&[data]).await
+    }
+
+    /// Write several elements: one write on a byte stream, one message each over WebSocket.
+    pub async fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<()> {
         let io = &mut self.io;
-        match tokio::time::timeout(WRITE_TIMEOUT, async {
-            io.write_all(data).await?;
+        let work = async {
+            if let Transport::WebSocket { ws, .. } = io {
+                for f in frames {
+                    let text = std::str::from_utf8(f)
+                        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))?;
+                    ws.send(Message::Text(text.into()))
+                        .await
+                        .map_err(io::Error::other)?;
+                }
+                return Ok(());
+            }
+            if let [one] = frames {
+                io.write_all(one).await?;
+            } else {
+                let mut all = Vec::with_capacity(frames.iter().map(|f| f.len()).sum());
+                frames.iter().for_each(|f| all.extend_from_slice(f));
+                io.write_all(&all).await?;
+            }
             io.flush().await
-        })
-        .await
-        {
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, work).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -133,16 +171,49 @@ impl XmlConn {
         }
     }
 
-    /// Send our stream header.
+    /// Send our stream header (`<stream:stream>`, or RFC 7395 `<open/>`).
     pub async fn send_header(&mut self, from: &str, id: &str) -> io::Result<()> {
-        let h = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{id}' from='{}' version='1.0' xml:lang='en'>",
-            crate::xml::ns::CLIENT,
-            crate::xml::ns::STREAM,
-            crate::xml::escape(from),
-        );
+        let from = crate::xml::escape(from);
+        let h = if self.io.is_websocket() {
+            format!(
+                "<open xmlns='{WS_FRAMING}' id='{id}' from='{from}' version='1.0' xml:lang='en'/>"
+            )
+        } else {
+            format!(
+                "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{id}' from='{from}' version='1.0' xml:lang='en'>",
+                crate::xml::ns::CLIENT,
+                crate::xml::ns::STREAM,
+            )
+        };
         self.header_sent = true;
         self.write(h.as_bytes()).await
+    }
+
+    /// Stream features; over WebSocket the `stream` prefix is declared on them.
+    pub async fn send_features(&mut self, features: &minidom::Element) -> io::Result<()> {
+        use crate::xml::ElementExt;
+        let bytes = features.to_bytes();
+        if !self.io.is_websocket() {
+            return self.write(&bytes).await;
+        }
+        let text = String::from_utf8_lossy(&bytes)
+            .replacen(
+                &format!("<features xmlns='{}'", crate::xml::ns::STREAM),
+                &format!("<stream:features xmlns:stream='{}'", crate::xml::ns::STREAM),
+                1,
+            )
+            .replace("</features>", "</stream:features>");
+        self.write(text.as_bytes()).await
+    }
+
+    /// Our side of the stream ends: `</stream:stream>` or RFC 7395 `<close/>`.
+    pub async fn end_stream(&mut self) -> io::Result<()> {
+        if self.io.is_websocket() {
+            return self
+                .write(format!("<close xmlns='{WS_FRAMING}'/>").as_bytes())
+                .await;
+        }
+        self.write(b"</stream:stream>").await
     }
 
     /// Send a stream error and close the stream (best effort).
@@ -151,14 +222,130 @@ impl XmlConn {
             let _ = self.send_header(from, &crate::c2s::new_id()).await;
         }
         tracing::debug!(condition, text, "stream error");
-        let _ = self
-            .write(&crate::stanza::stream_error_bytes(condition, text))
-            .await;
+        let bytes = crate::stanza::stream_error_bytes(condition, text);
+        if self.io.is_websocket() {
+            let full = String::from_utf8_lossy(&bytes);
+            let error = full.trim_end_matches("</stream:stream>").replacen(
+                "<stream:error>",
+                &format!("<stream:error xmlns:stream='{}'>", crate::xml::ns::STREAM),
+                1,
+            );
+            let _ = self.write(error.as_bytes()).await;
+            let _ = self.end_stream().await;
+        } else {
+            let _ = self.write(&bytes).await;
+        }
         self.close().await;
     }
 
     /// Close our side: give the peer a moment to close theirs, then shut down.
     pub async fn close(&mut self) {
+        if let Transport::WebSocket { ws, .. } = &mut self.io {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(None))).await;
+            return;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+    }
+}
+
+/// The next text message; WebSocket pings are answered by the library.
+async fn read_text(ws: &mut WebSocket) -> Result<String, ConnError> {
+    loop {
+        match ws.recv().await {
+            None | Some(Ok(Message::Close(_))) => return Err(ConnError::Eof),
+            Some(Err(e)) => return Err(ConnError::Io(io::Error::other(e))),
+            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(Message::Binary(_))) => {
+                return Err(ConnError::Xml(XmlError::BadFormat(
+                    "XMPP over WebSocket uses text messages".into(),
+                )));
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// One WebSocket message is exactly one element (RFC 7395 §3.3); it is parsed
+/// inside a synthetic stream root with the same limits as a TCP stream.
+fn parse_frame(text: &str, max_stanza: usize, max_depth: usize) -> Result<StreamEvent, XmlError> {
+    if text.len() > max_stanza {
+        return Err(XmlError::PolicyViolation(format!(
+            "stanza exceeds {max_stanza} bytes"
+        )));
+    }
+    let mut parser = StreamParser::new(max_stanza + 256, max_depth);
+    let mut out = Vec::new();
+    let root = format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='{}'>",
+        crate::xml::ns::STREAM
+    );
+    parser.feed(root.as_bytes(), &mut out)?;
+    parser.feed(text.as_bytes(), &mut out)?;
+    let mut elements = out.into_iter().filter_map(|e| match e {
+        StreamEvent::Stanza(el) => Some(el),
+        _ => None,
+    });
+    let (Some(el), None) = (elements.next(), elements.next()) else {
+        return Err(XmlError::BadFormat(
+            "one complete element per WebSocket message".into(),
+        ));
+    };
+    Ok(match (el.ns().as_str(), el.name()) {
+        (WS_FRAMING, "open") => StreamEvent::Header(crate::xml::StreamHeader {
+            to: el.attr("to").map(String::from),
+            from: el.attr("from").map(String::from),
+            version: el.attr("version").map(String::from),
+            lang: None,
+            id: el.attr("id").map(String::from),
+            // The framing <open/> stands for the stream root.
+            ns: crate::xml::ns::STREAM.into(),
+            name: "stream".into(),
+        }),
+        (WS_FRAMING, "close") => StreamEvent::Close,
+        _ => StreamEvent::Stanza(el),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_frames() {
+        let open = parse_frame(
+            &format!("<open xmlns='{WS_FRAMING}' to='localhost' version='1.0'/>"),
+            10_000,
+            16,
+        )
+        .unwrap();
+        assert!(
+            matches!(open, StreamEvent::Header(h) if h.to.as_deref() == Some("localhost") && crate::xml::is_stream_root(&h))
+        );
+        let m = parse_frame(
+            "<message xmlns='jabber:client' to='a@b'><body>x</body></message>",
+            10_000,
+            16,
+        )
+        .unwrap();
+        assert!(
+            matches!(m, StreamEvent::Stanza(e) if e.name() == "message" && e.ns() == "jabber:client")
+        );
+        assert!(matches!(
+            parse_frame(&format!("<close xmlns='{WS_FRAMING}'/>"), 10_000, 16).unwrap(),
+            StreamEvent::Close
+        ));
+        assert!(parse_frame("<a/><b/>", 10_000, 16).is_err());
+        assert!(parse_frame("<a>", 10_000, 16).is_err());
+        assert_eq!(
+            parse_frame(&"x".repeat(20_000), 10_000, 16)
+                .unwrap_err()
+                .condition(),
+            "policy-violation"
+        );
+        assert_eq!(
+            parse_frame("<?pi x?>", 10_000, 16).unwrap_err().condition(),
+            "restricted-xml"
+        );
     }
 }

@@ -74,7 +74,27 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: 
             }
         }
     };
-    let mut conn = XmlConn::new(io, &server.config.limits);
+    let conn = XmlConn::new(io, &server.config.limits);
+    run(server, conn, peer).await;
+}
+
+/// Serve an XMPP-over-WebSocket connection (RFC 7395) until it ends.
+pub async fn serve_websocket(
+    server: Arc<Server>,
+    ws: axum::extract::ws::WebSocket,
+    peer: SocketAddr,
+    secure: bool,
+) {
+    let io = Transport::WebSocket {
+        ws: Box::new(ws),
+        secure,
+    };
+    let conn = XmlConn::new(io, &server.config.limits);
+    run(server, conn, peer).await;
+}
+
+/// Negotiate, then run the session, on any transport.
+async fn run(server: Arc<Server>, mut conn: XmlConn, peer: SocketAddr) {
     let mut neg = Negotiation {
         server: server.clone(),
         peer,
@@ -99,7 +119,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: 
         Err(Abort::Resumed) => {}
         Err(Abort::Closed) => {
             if conn.header_sent {
-                let _ = conn.write(b"</stream:stream>").await;
+                let _ = conn.end_stream().await;
             }
             conn.close().await;
         }
@@ -150,7 +170,7 @@ impl Negotiation {
         self.check_header(&hdr)?;
         conn.send_header(&self.domain, &new_id()).await?;
         let features = self.features(conn);
-        conn.write(&features.to_bytes()).await?;
+        conn.send_features(&features).await?;
         Ok(())
     }
 

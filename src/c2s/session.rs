@@ -104,7 +104,6 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
     // When the connection broke (hibernating, waiting for a resumption).
     let mut lost_at: Option<Instant> = None;
     let mut last_read = Instant::now();
-    let mut out: Vec<u8> = Vec::new();
     // Without SM: the batch being written, until the write completes.
     let mut inflight: Vec<Bytes> = Vec::new();
 
@@ -143,7 +142,6 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                 }
             }
             Some(first) = rx.recv() => {
-                out.clear();
                 let mut batch = vec![first];
                 while batch.len() < WRITE_BATCH {
                     match rx.try_recv() {
@@ -154,8 +152,9 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                 inflight.clear();
                 let batch = s.csi.filter(batch);
                 server.metrics.stanzas_out.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                let mut frames: Vec<Bytes> = Vec::with_capacity(batch.len() + 1);
                 for b in batch {
-                    out.extend_from_slice(&b);
+                    frames.push(b.clone());
                     match s.sm.as_mut() {
                         Some(sm) => sm.record_sent(b),
                         None => inflight.push(b),
@@ -167,23 +166,21 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                     }
                     if sm.unacked.len() >= REQUEST_ACK_AFTER && !sm.requested {
                         sm.requested = true;
-                        out.extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
+                        frames.push(Bytes::from(format!("<r xmlns='{}'/>", sm::NS)));
                     }
                 }
-                if let Some(c) = conn.as_mut().filter(|_| !out.is_empty()) {
+                if let Some(c) = conn.as_mut().filter(|_| !frames.is_empty()) {
+                    let refs: Vec<&[u8]> = frames.iter().map(|b| &b[..]).collect();
                     // A client that stops reading blocks this write; a kill (queue
                     // overflow, conflict) must still end the session promptly.
                     let written = tokio::select! {
-                        r = c.write(&out) => r.is_ok(),
+                        r = c.write_frames(&refs) => r.is_ok(),
                         _ = handle.shared.killed() => false,
                     };
                     broken = !written;
                     if written {
                         inflight.clear();
                     }
-                }
-                if out.capacity() > 64 * 1024 {
-                    out = Vec::new();
                 }
             }
             r = read(&mut conn) => match r {
@@ -268,21 +265,20 @@ impl Session {
             .await;
             return None;
         }
-        let mut out = format!(
+        let resumed = format!(
             "<resumed xmlns='{}' previd='{}' h='{}'/>",
             sm::NS,
             id,
             sm.h_in
-        )
-        .into_bytes();
-        for b in &sm.unacked {
-            out.extend_from_slice(b);
-        }
+        );
+        let mut frames: Vec<&[u8]> = vec![resumed.as_bytes()];
+        frames.extend(sm.unacked.iter().map(|b| &b[..]));
         sm.requested = !sm.unacked.is_empty();
+        let request = format!("<r xmlns='{}'/>", sm::NS);
         if sm.requested {
-            out.extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
+            frames.push(request.as_bytes());
         }
-        if conn.write(&out).await.is_err() {
+        if conn.write_frames(&frames).await.is_err() {
             return None;
         }
         tracing::info!(jid = %self.jid, resent = sm.unacked.len(), "stream resumed");
@@ -299,14 +295,12 @@ impl Session {
                 "active" => {
                     self.csi.inactive = false;
                     // Held stanzas are older than anything still queued: write them now.
-                    let mut out = Vec::new();
-                    for b in self.csi.take() {
-                        out.extend_from_slice(&b);
-                        if let Some(sm) = self.sm.as_mut() {
-                            sm.record_sent(b);
-                        }
+                    let held = self.csi.take();
+                    if let Some(sm) = self.sm.as_mut() {
+                        held.iter().for_each(|b| sm.record_sent(b.clone()));
                     }
-                    if !out.is_empty() && conn.write(&out).await.is_err() {
+                    let frames: Vec<&[u8]> = held.iter().map(|b| &b[..]).collect();
+                    if !frames.is_empty() && conn.write_frames(&frames).await.is_err() {
                         return Flow::End(End::Lost);
                     }
                 }
@@ -428,12 +422,11 @@ impl Session {
         }
         if conn.is_some() && end.flushes() && !had_sm {
             // Without stream management, a stream that closes cleanly gets what was queued.
-            let mut out = Vec::new();
-            queued.iter().for_each(|b| out.extend_from_slice(b));
-            if !out.is_empty()
+            let frames: Vec<&[u8]> = queued.iter().map(|b| &b[..]).collect();
+            if !frames.is_empty()
                 && let Some(c) = conn.as_mut()
             {
-                let _ = c.write(&out).await;
+                let _ = c.write_frames(&frames).await;
             }
         } else {
             undelivered.extend(queued);
@@ -442,7 +435,7 @@ impl Session {
         if let Some(mut c) = conn {
             match end {
                 End::Closed => {
-                    let _ = c.write(b"</stream:stream>").await;
+                    let _ = c.end_stream().await;
                     c.close().await;
                 }
                 End::Lost | End::Killed(Kill::Overflow) => {}

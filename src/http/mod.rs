@@ -14,8 +14,16 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+/// Whether the HTTP connection is TLS (inserted per connection by `serve`).
+#[derive(Clone, Copy)]
+pub struct Secure(pub bool);
+
 pub fn router(server: Arc<Server>) -> Router {
-    let mut r = Router::new().route("/metrics", get(metrics));
+    let mut r = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/xmpp-websocket", axum::routing::any(websocket))
+        .route("/.well-known/host-meta", get(host_meta))
+        .route("/.well-known/host-meta.json", get(host_meta_json));
     if !server.upload.domains().is_empty() {
         use crate::xep::upload;
         r = r.route(
@@ -46,6 +54,79 @@ async fn metrics(
         .into_response()
 }
 
+/// RFC 7395: upgrade to XMPP over WebSocket (subprotocol `xmpp`). Treated as
+/// encrypted when the HTTP connection is TLS, or from loopback (a local proxy
+/// or development).
+async fn websocket(
+    State(server): State<Arc<Server>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    axum::Extension(Secure(tls)): axum::Extension<Secure>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let secure = tls || peer.ip().is_loopback();
+    let max = server.config.limits.max_stanza_bytes + 1024;
+    ws.protocols(["xmpp"])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| crate::c2s::serve_websocket(server, socket, peer, secure))
+        .into_response()
+}
+
+/// The WebSocket endpoint clients should use, derived from the public URL.
+fn websocket_url(server: &Server) -> Option<String> {
+    let base = server
+        .upload
+        .base_url
+        .get()
+        .cloned()
+        .or_else(|| server.config.http.public_url.clone())?;
+    let ws = base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    Some(format!("{}/xmpp-websocket", ws.trim_end_matches('/')))
+}
+
+/// XEP-0156: how web clients find the WebSocket endpoint.
+async fn host_meta(State(server): State<Arc<Server>>) -> Response {
+    let mut xrd = String::from(
+        "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n",
+    );
+    if let Some(url) = websocket_url(&server) {
+        xrd.push_str(&format!(
+            "  <Link rel='urn:xmpp:alt-connections:websocket' href='{}'/>\n",
+            crate::xml::escape(&url)
+        ));
+    }
+    xrd.push_str("</XRD>\n");
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/xrd+xml"),
+            (axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        xrd,
+    )
+        .into_response()
+}
+
+async fn host_meta_json(State(server): State<Arc<Server>>) -> Response {
+    let links = websocket_url(&server)
+        .map(|u| {
+            format!(
+                "{{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"{}\"}}",
+                u.replace('"', "%22")
+            )
+        })
+        .unwrap_or_default();
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "application/json"),
+            (axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        format!("{{\"links\":[{links}]}}"),
+    )
+        .into_response()
+}
+
 /// Accept HTTP connections on `listener` until the task is aborted.
 pub async fn serve(server: Arc<Server>, listener: TcpListener, tls: bool) {
     let router = router(server.clone());
@@ -72,6 +153,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, tls: bool) {
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     crate::metrics::Metrics::inc(&server.metrics.http_requests);
                     req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(Secure(tls));
                     router.clone().oneshot(req.map(axum::body::Body::new))
                 },
             );

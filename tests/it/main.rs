@@ -12,4 +12,5 @@ mod muc;
 mod sm;
 mod storage;
 mod upload;
+mod websocket;
 mod xep;
