@@ -16,6 +16,13 @@ pub enum Transport {
         ws: Box<axum::extract::ws::WebSocket>,
         secure: bool,
     },
+    /// XMPP over BOSH (XEP-0206): elements arrive from and leave through the
+    /// HTTP request handler (xep/bosh.rs).
+    Bosh {
+        inbound: tokio::sync::mpsc::Receiver<crate::xml::StreamEvent>,
+        outbound: tokio::sync::mpsc::Sender<crate::xep::bosh::BoshOut>,
+        secure: bool,
+    },
     /// Placeholder while the stream is being upgraded.
     Gone,
 }
@@ -25,13 +32,18 @@ impl Transport {
     pub fn is_tls(&self) -> bool {
         match self {
             Transport::Tls(_) => true,
-            Transport::WebSocket { secure, .. } => *secure,
+            Transport::WebSocket { secure, .. } | Transport::Bosh { secure, .. } => *secure,
             _ => false,
         }
     }
 
     pub fn is_websocket(&self) -> bool {
         matches!(self, Transport::WebSocket { .. })
+    }
+
+    /// Element-framed (WebSocket, BOSH) rather than one XML document on a byte stream.
+    pub fn is_framed(&self) -> bool {
+        matches!(self, Transport::WebSocket { .. } | Transport::Bosh { .. })
     }
 
     /// RFC 9266 tls-exporter channel binding; only defined for TLS 1.3 here.
@@ -67,7 +79,9 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Err(gone())),
+            Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
+                Poll::Ready(Err(gone()))
+            }
         }
     }
 }
@@ -81,21 +95,27 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Err(gone())),
+            Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
+                Poll::Ready(Err(gone()))
+            }
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Err(gone())),
+            Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
+                Poll::Ready(Err(gone()))
+            }
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Ok(())),
+            Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
+                Poll::Ready(Ok(()))
+            }
         }
     }
     fn poll_write_vectored(
@@ -106,14 +126,16 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            Transport::Gone | Transport::WebSocket { .. } => Poll::Ready(Err(gone())),
+            Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
+                Poll::Ready(Err(gone()))
+            }
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             Transport::Plain(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
-            Transport::Gone | Transport::WebSocket { .. } => false,
+            Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => false,
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct Server {
     pub muc: crate::xep::muc::MucService,
     pub upload: crate::xep::upload::UploadService,
     pub metrics: crate::metrics::Metrics,
+    pub bosh: crate::xep::bosh::BoshSessions,
     /// Serialises read-modify-write of each account's roster rows.
     roster_locks: Vec<tokio::sync::Mutex<()>>,
     pub started: Instant,
@@ -110,6 +111,7 @@ pub async fn start(config: Config) -> Result<Running> {
         upload: crate::xep::upload::UploadService::new(&config)
             .context("preparing the upload directory")?,
         metrics: Default::default(),
+        bosh: Default::default(),
         roster_locks: (0..ROSTER_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),

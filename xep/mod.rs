@@ -3,6 +3,7 @@
 //! `[modules] enabled`. Core RFC 6120/6121 behaviour is not a module.
 
 pub mod blocking;
+pub mod bosh;
 pub mod carbons;
 pub mod csi;
 pub mod disco;

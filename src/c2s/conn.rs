@@ -104,6 +104,11 @@ impl XmlConn {
         if let Some(d) = self.rate.delay() {
             tokio::time::sleep(d).await;
         }
+        if let Transport::Bosh { inbound, .. } = &mut self.io {
+            let ev = inbound.recv().await.ok_or(ConnError::Eof)?;
+            self.events.push_back(ev);
+            return Ok(());
+        }
         if let Transport::WebSocket { ws, .. } = &mut self.io {
             let text = read_text(ws).await?;
             self.bytes_in += text.len() as u64;
@@ -143,6 +148,16 @@ impl XmlConn {
     pub async fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<()> {
         let io = &mut self.io;
         let work = async {
+            if let Transport::Bosh { outbound, .. } = io {
+                for f in frames {
+                    let out = crate::xep::bosh::BoshOut::Frame(bytes::Bytes::copy_from_slice(f));
+                    outbound
+                        .send(out)
+                        .await
+                        .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+                }
+                return Ok(());
+            }
             if let Transport::WebSocket { ws, .. } = io {
                 for f in frames {
                     let text = std::str::from_utf8(f)
@@ -174,6 +189,11 @@ impl XmlConn {
     /// Send our stream header (`<stream:stream>`, or RFC 7395 `<open/>`).
     pub async fn send_header(&mut self, from: &str, id: &str) -> io::Result<()> {
         let from = crate::xml::escape(from);
+        if matches!(self.io, Transport::Bosh { .. }) {
+            // The BOSH session response frames the stream; nothing to send.
+            self.header_sent = true;
+            return Ok(());
+        }
         let h = if self.io.is_websocket() {
             format!(
                 "<open xmlns='{WS_FRAMING}' id='{id}' from='{from}' version='1.0' xml:lang='en'/>"
@@ -193,7 +213,7 @@ impl XmlConn {
     pub async fn send_features(&mut self, features: &minidom::Element) -> io::Result<()> {
         use crate::xml::ElementExt;
         let bytes = features.to_bytes();
-        if !self.io.is_websocket() {
+        if !self.io.is_framed() {
             return self.write(&bytes).await;
         }
         let text = String::from_utf8_lossy(&bytes)
@@ -208,6 +228,12 @@ impl XmlConn {
 
     /// Our side of the stream ends: `</stream:stream>` or RFC 7395 `<close/>`.
     pub async fn end_stream(&mut self) -> io::Result<()> {
+        if let Transport::Bosh { outbound, .. } = &mut self.io {
+            return outbound
+                .send(crate::xep::bosh::BoshOut::End)
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe));
+        }
         if self.io.is_websocket() {
             return self
                 .write(format!("<close xmlns='{WS_FRAMING}'/>").as_bytes())
@@ -223,7 +249,7 @@ impl XmlConn {
         }
         tracing::debug!(condition, text, "stream error");
         let bytes = crate::stanza::stream_error_bytes(condition, text);
-        if self.io.is_websocket() {
+        if self.io.is_framed() {
             let full = String::from_utf8_lossy(&bytes);
             let error = full.trim_end_matches("</stream:stream>").replacen(
                 "<stream:error>",
@@ -301,6 +327,7 @@ fn parse_frame(text: &str, max_stanza: usize, max_depth: usize) -> Result<Stream
             // The framing <open/> stands for the stream root.
             ns: crate::xml::ns::STREAM.into(),
             name: "stream".into(),
+            attrs: Vec::new(),
         }),
         (WS_FRAMING, "close") => StreamEvent::Close,
         _ => StreamEvent::Stanza(el),

@@ -78,6 +78,12 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: 
     run(server, conn, peer).await;
 }
 
+/// Serve a connection on an already prepared transport (BOSH) until it ends.
+pub async fn serve_transport(server: Arc<Server>, io: Transport, peer: SocketAddr) {
+    let conn = XmlConn::new(io, &server.config.limits);
+    run(server, conn, peer).await;
+}
+
 /// Serve an XMPP-over-WebSocket connection (RFC 7395) until it ends.
 pub async fn serve_websocket(
     server: Arc<Server>,

@@ -22,6 +22,10 @@ pub fn router(server: Arc<Server>) -> Router {
     let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/xmpp-websocket", axum::routing::any(websocket))
+        .route(
+            "/http-bind",
+            axum::routing::post(crate::xep::bosh::request).options(crate::xep::bosh::options),
+        )
         .route("/.well-known/host-meta", get(host_meta))
         .route("/.well-known/host-meta.json", get(host_meta_json));
     if !server.upload.domains().is_empty() {

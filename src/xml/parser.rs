@@ -21,6 +21,9 @@ pub struct StreamHeader {
     /// Namespace of the root element; must be the streams namespace.
     pub ns: String,
     pub name: String,
+    /// Every attribute of the root as (namespace, name, value), for roots
+    /// that carry more than a stream header (a BOSH `<body/>`).
+    pub attrs: Vec<(String, String, String)>,
 }
 
 #[derive(Debug)]
@@ -151,6 +154,10 @@ impl StreamParser {
                         lang,
                         ns: namespace.to_string(),
                         name: name.to_string(),
+                        attrs: attrs
+                            .iter()
+                            .map(|((ans, an), v)| (ans.to_string(), an.to_string(), v.to_string()))
+                            .collect(),
                     }));
                     self.pending_bytes = 0;
                     return Ok(());

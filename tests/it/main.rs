@@ -2,6 +2,7 @@
 //! speak XMPP to it over real sockets. One binary keeps link time low.
 
 mod blocking;
+mod bosh;
 mod c2s;
 mod common;
 mod crash;
