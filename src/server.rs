@@ -27,6 +27,8 @@ pub struct Server {
     pub upload: crate::xep::upload::UploadService,
     pub metrics: crate::metrics::Metrics,
     pub bosh: crate::xep::bosh::BoshSessions,
+    /// Group-committed archive writes (XEP-0313).
+    pub archive_writer: crate::storage::group_commit::ArchiveWriter,
     /// Serialises read-modify-write of each account's roster rows.
     roster_locks: Vec<tokio::sync::Mutex<()>>,
     pub started: Instant,
@@ -99,6 +101,8 @@ pub async fn start(config: Config) -> Result<Running> {
     tracing::info!(backend = storage.backend, "storage ready");
     let tls = crate::tls::server_config(&config)?;
     let modules = Modules::load(&config.modules.enabled);
+    let (archive_writer, archive_task) =
+        crate::storage::group_commit::ArchiveWriter::spawn(storage.archive.clone());
     let server = Arc::new(Server {
         storage,
         registry: Registry::default(),
@@ -112,6 +116,7 @@ pub async fn start(config: Config) -> Result<Running> {
             .context("preparing the upload directory")?,
         metrics: Default::default(),
         bosh: Default::default(),
+        archive_writer,
         roster_locks: (0..ROSTER_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),
@@ -165,6 +170,8 @@ pub async fn start(config: Config) -> Result<Running> {
             server.clone(),
         ));
     }
+    // Aborted at shutdown like the others: a batch cut short is not acknowledged to anyone.
+    tasks.push(archive_task);
     let mut drain = Vec::new();
     if let Some(t) = crate::xep::muc::MucService::start(&server).await? {
         drain.push(t);

@@ -142,7 +142,7 @@ pub async fn archive_outgoing(
             created_at: now,
         });
     }
-    match server.storage.archive.archive(&rows).await {
+    match server.archive_writer.append(rows).await {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, "archiving failed");

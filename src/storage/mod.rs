@@ -1,6 +1,7 @@
 //! Storage behind one trait per concern. `sql::SqlStore` implements them all on
 //! SQLite (embedded default) and PostgreSQL; tests run the same cases on both.
 
+pub mod group_commit;
 pub mod migrate;
 pub mod sql;
 

@@ -3,28 +3,20 @@
 //! the recipient exactly once, in order.
 
 use crate::common::*;
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const SM: &str = "urn:xmpp:sm:3";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+fn write_config(dir: &Path) -> std::path::PathBuf {
     let cfg = dir.join("xmppd.toml");
     std::fs::write(
         &cfg,
         format!(
             "hosts = [\"localhost\"]\ndata_dir = \"{d}\"\n[storage]\nurl = \"sqlite://{d}/xmppd.db\"\n\
-             [[listeners]]\naddress = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\n[http]\nlisteners = []\n",
+             [[listeners]]\naddress = \"127.0.0.1\"\nport = 0\ntls = \"starttls\"\n[http]\nlisteners = []\n",
             d = dir.display()
         ),
     )
@@ -59,14 +51,27 @@ impl Drop for Server {
     }
 }
 
-async fn spawn(cfg: &Path, port: u16) -> Server {
-    let mut server = Server(xmppd(cfg, &["serve"]).spawn().expect("start xmppd"));
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return server;
+/// Start the server on its own port (port 0: the kernel picks, so parallel
+/// tests never meet) and learn the address from its log.
+async fn spawn(cfg: &Path) -> (Server, SocketAddr) {
+    let log_path = cfg.with_file_name("server.log");
+    let _ = std::fs::remove_file(&log_path);
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = xmppd(cfg, &["serve"]);
+    cmd.stderr(log);
+    let mut server = Server(cmd.spawn().expect("start xmppd"));
+    for _ in 0..400 {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let addr = text
+            .lines()
+            .filter(|l| l.contains("c2s listening"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+            })
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        if let Some(addr) = addr {
+            return (server, addr);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -75,10 +80,14 @@ async fn spawn(cfg: &Path, port: u16) -> Server {
 }
 
 /// A data directory with alice and bob created through the CLI, and the server started on it.
-async fn fresh_server() -> (tempfile::TempDir, std::path::PathBuf, u16, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), port);
+async fn fresh_server() -> (tempfile::TempDir, std::path::PathBuf, SocketAddr, Server) {
+    let mut dir = tempfile::tempdir().unwrap();
+    // XMPPD_TEST_KEEP_LOGS=1 keeps the data directory (and server.log) for diagnosis.
+    if std::env::var_os("XMPPD_TEST_KEEP_LOGS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("keeping {}", dir.path().display());
+    }
+    let cfg = write_config(dir.path());
     for u in ["alice", "bob"] {
         let mut add = xmppd(
             &cfg,
@@ -86,8 +95,8 @@ async fn fresh_server() -> (tempfile::TempDir, std::path::PathBuf, u16, Server) 
         );
         assert!(add.status().unwrap().success());
     }
-    let server = spawn(&cfg, port).await;
-    (dir, cfg, port, server)
+    let (server, addr) = spawn(&cfg).await;
+    (dir, cfg, addr, server)
 }
 
 /// Send `n` messages with SM; kill the server after `kill_after`; return the ids acknowledged.
@@ -152,10 +161,9 @@ fn check_exactly_once(acked: &[String], got: &[String]) {
 
 #[tokio::test]
 async fn sigkill_loses_nothing_acknowledged_offline_recipient() {
-    let (_dir, cfg, port, mut server) = fresh_server().await;
-    let addr = ([127, 0, 0, 1], port).into();
+    let (_dir, cfg, addr, mut server) = fresh_server().await;
     let acked = send_until_killed(addr, &mut server, 200, 125).await;
-    let mut server = spawn(&cfg, port).await;
+    let (mut server, addr) = spawn(&cfg).await;
     let mut bob = Client::login(addr, "bob", "pw", "r").await;
     bob.send("<presence/>").await;
     let mut got = Vec::new();
@@ -177,8 +185,7 @@ async fn sigkill_loses_nothing_acknowledged_offline_recipient() {
 
 #[tokio::test]
 async fn sigkill_loses_nothing_acknowledged_online_recipient() {
-    let (_dir, cfg, port, mut server) = fresh_server().await;
-    let addr = ([127, 0, 0, 1], port).into();
+    let (_dir, cfg, addr, mut server) = fresh_server().await;
     // Bob is online; he reads what arrives live and remembers the last archive id.
     let mut bob = Client::online(addr, "bob", "pw", "r").await;
     let reader = tokio::spawn(async move {
@@ -194,7 +201,7 @@ async fn sigkill_loses_nothing_acknowledged_online_recipient() {
     });
     let acked = send_until_killed(addr, &mut server, 200, 125).await;
     let live = reader.await.unwrap();
-    let mut server = spawn(&cfg, port).await;
+    let (mut server, addr) = spawn(&cfg).await;
     // Bob's new device catches up from the last archive id it saw.
     let mut bob = Client::login(addr, "bob", "pw", "r2").await;
     let last = live
