@@ -31,5 +31,10 @@ if [ -x conformance/run.sh ]; then
   cargo build --quiet
   XMPPD_BIN="$PWD/target/debug/xmppd" XMPPD_PG_URL="$XMPPD_TEST_PG_URL" conformance/run.sh
 fi
+
+if [ -x conformance/browser/run.sh ]; then
+  step "browser: Converse.js in headless Chromium over WebSocket, with upload"
+  XMPPD_BIN="$PWD/target/debug/xmppd" conformance/browser/run.sh
+fi
 echo
 echo "all tests passed"
