@@ -54,6 +54,8 @@ pub struct SessionShared {
     pub interested: AtomicBool,
     /// Opted in to XEP-0280 carbons.
     pub carbons: AtomicBool,
+    /// XEP-0115 `ver` of the client's capabilities.
+    pub caps: Mutex<Option<String>>,
     kill: Notify,
     kill_reason: Mutex<Option<Kill>>,
 }

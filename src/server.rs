@@ -27,6 +27,7 @@ pub struct Server {
     pub upload: crate::xep::upload::UploadService,
     pub metrics: crate::metrics::Metrics,
     pub bosh: crate::xep::bosh::BoshSessions,
+    pub caps: crate::xep::caps::CapsCache,
     /// Group-committed archive writes (XEP-0313).
     pub archive_writer: crate::storage::group_commit::ArchiveWriter,
     /// Serialises read-modify-write of each account's roster rows.
@@ -116,6 +117,7 @@ pub async fn start(config: Config) -> Result<Running> {
             .context("preparing the upload directory")?,
         metrics: Default::default(),
         bosh: Default::default(),
+        caps: Default::default(),
         archive_writer,
         roster_locks: (0..ROSTER_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))

@@ -55,10 +55,20 @@ impl Module for Disco {
                 .a("type", "im")
                 .a("name", "xmppd")
                 .build()),
-            Target::Account { .. } => q.c(el("identity", ns::DISCO_INFO)
-                .a("category", "account")
-                .a("type", "registered")
-                .build()),
+            Target::Account { .. } => {
+                let q = q.c(el("identity", ns::DISCO_INFO)
+                    .a("category", "account")
+                    .a("type", "registered")
+                    .build());
+                if server.modules.enabled("pep") {
+                    q.c(el("identity", ns::DISCO_INFO)
+                        .a("category", "pubsub")
+                        .a("type", "pep")
+                        .build())
+                } else {
+                    q
+                }
+            }
         };
         let mut features = server.modules.features(req.target);
         if matches!(req.target, Target::Server(_)) {

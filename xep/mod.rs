@@ -4,6 +4,7 @@
 
 pub mod blocking;
 pub mod bosh;
+pub mod caps;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
@@ -11,6 +12,7 @@ pub mod last;
 pub mod mam;
 pub mod muc;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod register;
 pub mod sm;
@@ -29,7 +31,7 @@ use std::sync::Arc;
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
     "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
-    "blocking", "muc", "upload",
+    "blocking", "muc", "upload", "pep",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -83,6 +85,7 @@ impl Modules {
                 "carbons" => Arc::new(carbons::Carbons),
                 "mam" => Arc::new(mam::Mam),
                 "blocking" => Arc::new(blocking::Blocking),
+                "pep" => Arc::new(pep::Pep),
                 // A component with its own domain: routed by domain, not by IQ namespace.
                 "muc" | "upload" => continue,
                 _ => continue,

@@ -604,7 +604,10 @@ impl Session {
             },
         };
         if !request {
-            // Answers to the server (e.g. our pings) need nothing more.
+            // Answers to the server: our caps queries feed PEP; pings need nothing more.
+            if matches!(target, Target::Server(_)) && crate::xep::caps::on_result(&server, &iq) {
+                crate::xep::pep::send_last_items(&server, &self.handle).await;
+            }
             return;
         }
         let payload = iq.first_child().expect("checked above");

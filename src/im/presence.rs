@@ -62,6 +62,9 @@ async fn broadcast_available(server: &Server, h: &SessionHandle, mut p: Element)
     let user = h.jid.to_bare();
     p.unset("to");
     let initial = h.shared.available().is_none();
+    let old_caps = h.shared.caps.lock().unwrap().clone();
+    let caps_known = server.modules.enabled("pep") && crate::xep::caps::on_presence(server, h, &p);
+    let caps_changed = *h.shared.caps.lock().unwrap() != old_caps;
     h.shared.set_available(Some(Available {
         priority: priority(&p),
         stanza: p.clone(),
@@ -79,6 +82,10 @@ async fn broadcast_available(server: &Server, h: &SessionHandle, mut p: Element)
     }
     // All of the user's own available resources, the sender included (RFC 6121 §4.2.2).
     to_available(server, &user, &p);
+    if caps_known && (initial || caps_changed) {
+        // XEP-0163 §6: the last items of the nodes this client wants.
+        crate::xep::pep::send_last_items(server, h).await;
+    }
     if initial {
         if priority(&p) >= 0 && server.modules.enabled("offline") {
             crate::xep::offline::deliver(server, h).await;

@@ -48,6 +48,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_upload.sql"),
         postgres: include_str!("../../migrations/postgres/0006_upload.sql"),
     },
+    Migration {
+        version: 7,
+        name: "pep",
+        sqlite: include_str!("../../migrations/sqlite/0007_pep.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_pep.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

@@ -298,6 +298,50 @@ pub trait UploadStore: Send + Sync {
     async fn expire_slots(&self, before: i64) -> Result<Vec<String>>;
 }
 
+/// A PEP node's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PepNode {
+    pub node: String,
+    /// open | presence | roster | whitelist
+    pub access_model: String,
+    /// Items kept; 0 means no limit ("max").
+    pub max_items: i64,
+    pub whitelist: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PepItem {
+    pub item_id: String,
+    pub payload: String,
+    pub publisher: String,
+}
+
+#[async_trait]
+pub trait PepStore: Send + Sync {
+    async fn pep_node(&self, owner: &str, node: &str) -> Result<Option<PepNode>>;
+    async fn pep_nodes(&self, owner: &str) -> Result<Vec<PepNode>>;
+    async fn put_pep_node(&self, owner: &str, node: &PepNode) -> Result<()>;
+    async fn delete_pep_node(&self, owner: &str, node: &str) -> Result<()>;
+    /// Insert or replace an item (it becomes the newest), then keep `max_items`.
+    async fn publish_pep_item(
+        &self,
+        owner: &str,
+        node: &str,
+        item: &PepItem,
+        max_items: i64,
+    ) -> Result<()>;
+    /// Newest last; `ids` restricts to those items; `max` keeps the newest N.
+    async fn pep_items(
+        &self,
+        owner: &str,
+        node: &str,
+        ids: &[String],
+        max: Option<usize>,
+    ) -> Result<Vec<PepItem>>;
+    /// `false` if there was no such item.
+    async fn retract_pep_item(&self, owner: &str, node: &str, item_id: &str) -> Result<bool>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
@@ -310,6 +354,7 @@ pub struct Storage {
     pub blocks: Arc<dyn BlockStore>,
     pub muc: Arc<dyn MucStore>,
     pub uploads: Arc<dyn UploadStore>,
+    pub pep: Arc<dyn PepStore>,
     pub backend: &'static str,
 }
 
@@ -328,7 +373,8 @@ impl Storage {
             archive: store.clone(),
             blocks: store.clone(),
             muc: store.clone(),
-            uploads: store,
+            uploads: store.clone(),
+            pep: store,
         })
     }
 }

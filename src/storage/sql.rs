@@ -177,6 +177,8 @@ impl AccountStore for SqlStore {
                 "DELETE FROM archive WHERE owner = $1",
                 "DELETE FROM archive_prefs WHERE owner = $1",
                 "DELETE FROM blocklist WHERE owner = $1",
+                "DELETE FROM pep_items WHERE owner = $1",
+                "DELETE FROM pep_nodes WHERE owner = $1",
             ] {
                 sqlx::query(sql).bind(jid).execute(&mut *tx).await?;
             }
@@ -660,5 +662,114 @@ impl UploadStore for SqlStore {
             }
         }
         Ok(orphans)
+    }
+}
+
+type NodeRow = (String, String, i64, String);
+
+fn node_from_row(r: NodeRow) -> PepNode {
+    PepNode {
+        node: r.0,
+        access_model: r.1,
+        max_items: r.2,
+        whitelist: r
+            .3
+            .split('\n')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    }
+}
+
+#[async_trait]
+impl PepStore for SqlStore {
+    async fn pep_node(&self, owner: &str, node: &str) -> Result<Option<PepNode>> {
+        let row: Option<NodeRow> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT node, access_model, max_items, whitelist FROM pep_nodes WHERE owner = $1 AND node = $2")
+            .bind(owner).bind(node).fetch_optional(p).await?);
+        Ok(row.map(node_from_row))
+    }
+
+    async fn pep_nodes(&self, owner: &str) -> Result<Vec<PepNode>> {
+        let rows: Vec<NodeRow> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT node, access_model, max_items, whitelist FROM pep_nodes WHERE owner = $1 ORDER BY node")
+            .bind(owner).fetch_all(p).await?);
+        Ok(rows.into_iter().map(node_from_row).collect())
+    }
+
+    async fn put_pep_node(&self, owner: &str, n: &PepNode) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query(
+            "INSERT INTO pep_nodes (owner, node, access_model, max_items, whitelist) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (owner, node) DO UPDATE SET access_model = $3, max_items = $4, whitelist = $5")
+            .bind(owner).bind(&n.node).bind(&n.access_model).bind(n.max_items).bind(n.whitelist.join("\n"))
+            .execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    async fn delete_pep_node(&self, owner: &str, node: &str) -> Result<()> {
+        with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2").bind(owner).bind(node).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM pep_nodes WHERE owner = $1 AND node = $2").bind(owner).bind(node).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn publish_pep_item(
+        &self,
+        owner: &str,
+        node: &str,
+        item: &PepItem,
+        max_items: i64,
+    ) -> Result<()> {
+        with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            // Re-publishing an id makes it the newest item.
+            sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2 AND item_id = $3")
+                .bind(owner).bind(node).bind(&item.item_id).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO pep_items (owner, node, item_id, payload, publisher, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(owner).bind(node).bind(&item.item_id).bind(&item.payload).bind(&item.publisher).bind(now_unix())
+                .execute(&mut *tx).await?;
+            if max_items > 0 {
+                sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2 AND id NOT IN \
+                     (SELECT id FROM pep_items WHERE owner = $1 AND node = $2 ORDER BY id DESC LIMIT $3)")
+                    .bind(owner).bind(node).bind(max_items).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn pep_items(
+        &self,
+        owner: &str,
+        node: &str,
+        ids: &[String],
+        max: Option<usize>,
+    ) -> Result<Vec<PepItem>> {
+        let rows: Vec<(String, String, String)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT item_id, payload, publisher FROM pep_items WHERE owner = $1 AND node = $2 ORDER BY id")
+            .bind(owner).bind(node).fetch_all(p).await?);
+        let mut items: Vec<PepItem> = rows
+            .into_iter()
+            .filter(|r| ids.is_empty() || ids.contains(&r.0))
+            .map(|r| PepItem {
+                item_id: r.0,
+                payload: r.1,
+                publisher: r.2,
+            })
+            .collect();
+        if let Some(m) = max {
+            let skip = items.len().saturating_sub(m);
+            items.drain(..skip);
+        }
+        Ok(items)
+    }
+
+    async fn retract_pep_item(&self, owner: &str, node: &str, item_id: &str) -> Result<bool> {
+        let n = with_db!(&self.db, p => sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2 AND item_id = $3")
+            .bind(owner).bind(node).bind(item_id).execute(p).await?.rows_affected());
+        Ok(n > 0)
     }
 }

@@ -10,6 +10,7 @@ mod delivery;
 mod im;
 mod mam;
 mod muc;
+mod pep;
 mod sm;
 mod storage;
 mod upload;

@@ -1,0 +1,225 @@
+//! XEP-0163 PEP: publish, access models, +notify through XEP-0115 caps, last item, retract, config.
+
+use crate::common::*;
+use minidom::Element;
+
+const PS: &str = "http://jabber.org/protocol/pubsub";
+const EV: &str = "http://jabber.org/protocol/pubsub#event";
+const DEVICES: &str = "eu.siacs.conversations.axolotl.devicelist";
+const AVATAR: &str = "urn:xmpp:avatar:metadata";
+
+fn publish(node: &str, id: &str, payload: &str, options: &str) -> String {
+    let opts = if options.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+             <value>http://jabber.org/protocol/pubsub#publish-options</value></field>{options}</x></publish-options>"
+        )
+    };
+    format!(
+        "<iq type='set' id='{{id}}'><pubsub xmlns='{PS}'><publish node='{node}'><item id='{id}'>{payload}</item></publish>{opts}</pubsub></iq>"
+    )
+}
+
+fn field(var: &str, v: &str) -> String {
+    format!("<field var='{var}'><value>{v}</value></field>")
+}
+
+async fn items(c: &mut Client, owner: &str, node: &str) -> Element {
+    c.iq(&format!("<iq type='get' id='{{id}}' to='{owner}'><pubsub xmlns='{PS}'><items node='{node}'/></pubsub></iq>")).await
+}
+
+/// Announce caps and answer the server's disco#info query with these +notify features.
+async fn announce_caps(c: &mut Client, ver: &str, notify: &[&str]) {
+    c.send(&format!("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://example.org/client' ver='{ver}'/></presence>")).await;
+    let q = c
+        .recv_until(|e| {
+            e.name() == "iq" && e.has_child("query", "http://jabber.org/protocol/disco#info")
+        })
+        .await;
+    assert_eq!(
+        q.get_child("query", "http://jabber.org/protocol/disco#info")
+            .unwrap()
+            .attr("node"),
+        Some(format!("https://example.org/client#{ver}").as_str())
+    );
+    let feats: String = notify
+        .iter()
+        .map(|n| format!("<feature var='{n}+notify'/>"))
+        .collect();
+    c.send(&format!(
+        "<iq type='result' id='{}' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='client' type='pc'/>{feats}</query></iq>",
+        q.attr("id").unwrap()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn omemo_style_open_nodes_and_presence_nodes() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "carol"] {
+        s.add_user(u, "pw").await;
+    }
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    let mut carol = s.login("carol", "pw", "r").await;
+    // Account disco shows PEP.
+    let r = alice.iq("<iq type='get' id='{id}' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    assert!(
+        xml(&r).contains("pubsub#publish-options") && xml(&r).contains("type='pep'"),
+        "{}",
+        xml(&r)
+    );
+
+    // OMEMO device list with open access: a stranger can fetch it.
+    let devices = "<list xmlns='eu.siacs.conversations.axolotl'><device id='1234'/></list>";
+    let r = alice
+        .iq(&publish(
+            DEVICES,
+            "current",
+            devices,
+            &field("pubsub#access_model", "open"),
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+    let r = items(&mut carol, "alice@localhost", DEVICES).await;
+    assert!(xml(&r).contains("device id='1234'"), "{}", xml(&r));
+    // The same options again are fine; contradicting ones are a failed precondition.
+    let r = alice
+        .iq(&publish(
+            DEVICES,
+            "current",
+            devices,
+            &field("pubsub#access_model", "open"),
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let r = alice
+        .iq(&publish(
+            DEVICES,
+            "current",
+            devices,
+            &field("pubsub#access_model", "presence"),
+        ))
+        .await;
+    assert_eq!(error_condition(&r).as_deref(), Some("conflict"));
+    assert!(xml(&r).contains("precondition-not-met"));
+
+    // A presence-access node: not for strangers.
+    let r = alice.iq(&publish(AVATAR, "av1", "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='av1' bytes='10' type='image/png'/></metadata>", "")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let r = items(&mut carol, "alice@localhost", AVATAR).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-authorized"));
+    assert!(xml(&r).contains("presence-subscription-required"));
+    // Nobody else may publish to Alice's nodes; unknown nodes are item-not-found.
+    let r = carol.iq(&format!("<iq type='set' id='{{id}}' to='alice@localhost'><pubsub xmlns='{PS}'><publish node='x'><item><x xmlns='y'/></item></publish></pubsub></iq>")).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
+    let r = items(&mut carol, "alice@localhost", "nope").await;
+    assert_eq!(error_condition(&r).as_deref(), Some("item-not-found"));
+
+    // Bob subscribes to Alice's presence; with +notify in his caps he gets the last item, then new ones.
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    bob.send("<presence to='alice@localhost' type='subscribe'/>")
+        .await;
+    alice
+        .recv_until(|e| e.attr("type") == Some("subscribe"))
+        .await;
+    alice
+        .send("<presence to='bob@localhost' type='subscribed'/>")
+        .await;
+    bob.recv_until(|e| e.attr("type") == Some("subscribed"))
+        .await;
+    announce_caps(&mut bob, "ver-bob-1", &[AVATAR]).await;
+    let ev = bob.recv_until(|e| e.has_child("event", EV)).await;
+    assert_eq!(ev.attr("from"), Some("alice@localhost"));
+    assert!(
+        xml(&ev).contains("item id='av1'"),
+        "last published item: {}",
+        xml(&ev)
+    );
+    let r = items(&mut bob, "alice@localhost", AVATAR).await;
+    assert!(xml(&r).contains("av1"));
+    alice.iq(&publish(AVATAR, "av2", "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='av2' bytes='12' type='image/png'/></metadata>", "")).await;
+    let ev = bob.recv_until(|e| e.has_child("event", EV)).await;
+    assert!(xml(&ev).contains("item id='av2'"));
+    // Default max_items is 1: only the newest remains.
+    let r = items(&mut bob, "alice@localhost", AVATAR).await;
+    assert!(
+        xml(&r).contains("av2") && !xml(&r).contains("'av1'"),
+        "{}",
+        xml(&r)
+    );
+    // Retraction with notify, then node deletion, reach Bob too.
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}'><pubsub xmlns='{PS}'><retract node='{AVATAR}' notify='true'><item id='av2'/></retract></pubsub></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let ev = bob.recv_until(|e| e.has_child("event", EV)).await;
+    assert!(xml(&ev).contains("retract id='av2'"));
+    let r = alice.iq(&format!("<iq type='set' id='{{id}}'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='{AVATAR}'/></pubsub></iq>")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let ev = bob.recv_until(|e| e.has_child("event", EV)).await;
+    assert!(xml(&ev).contains("delete node="));
+}
+
+#[tokio::test]
+async fn no_notify_no_event_and_node_configuration() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw").await;
+    let mut desk = Client::online(s.addr(), "alice", "pw", "desk").await;
+    let mut phone = Client::login(s.addr(), "alice", "pw", "phone").await;
+    announce_caps(&mut phone, "ver-phone", &["urn:xmpp:bookmarks:1"]).await;
+    // A bookmarks-style whitelist node with unlimited items.
+    let opts = format!(
+        "{}{}",
+        field("pubsub#access_model", "whitelist"),
+        field("pubsub#max_items", "max")
+    );
+    for room in ["a", "b", "c"] {
+        let r = desk
+            .iq(&publish(
+                "urn:xmpp:bookmarks:1",
+                &format!("{room}@conference.localhost"),
+                "<conference xmlns='urn:xmpp:bookmarks:1' autojoin='true'/>",
+                &opts,
+            ))
+            .await;
+        assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+        // The phone asked for +notify; the desk did not (no caps): only the phone is told.
+        let ev = phone.recv_until(|e| e.has_child("event", EV)).await;
+        assert!(xml(&ev).contains(room));
+    }
+    let r = items(&mut desk, "alice@localhost", "urn:xmpp:bookmarks:1").await;
+    assert_eq!(
+        r.get_child("pubsub", PS)
+            .unwrap()
+            .get_child("items", PS)
+            .unwrap()
+            .children()
+            .count(),
+        3
+    );
+    let id = desk.id();
+    desk.send(&format!(
+        "<iq type='get' id='{id}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ))
+    .await;
+    let next = desk
+        .recv_until(|e| e.has_child("event", EV) || e.attr("id") == Some(id.as_str()))
+        .await;
+    assert_eq!(
+        next.attr("id"),
+        Some(id.as_str()),
+        "no event without +notify: {}",
+        xml(&next)
+    );
+    // Node configuration.
+    let r = desk.iq("<iq type='get' id='{id}'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:bookmarks:1'/></pubsub></iq>").await;
+    assert!(
+        xml(&r).contains("whitelist") && xml(&r).contains(">max<"),
+        "{}",
+        xml(&r)
+    );
+    let r = desk
+        .iq("<iq type='set' id='{id}'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:bookmarks:1'><x xmlns='jabber:x:data' type='submit'><field var='pubsub#max_items'><value>2</value></field></x></configure></pubsub></iq>")
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+}
