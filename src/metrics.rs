@@ -7,6 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Metrics {
     pub connections_opened: AtomicU64,
     pub connections_open: AtomicU64,
+    pub websocket_open: AtomicU64,
+    pub websocket_opened: AtomicU64,
+    pub bosh_open: AtomicU64,
+    pub bosh_opened: AtomicU64,
+    /// Storage writes on the message path (archive, offline): count and total µs.
+    pub storage_writes: AtomicU64,
+    pub storage_write_micros: AtomicU64,
     pub messages_in: AtomicU64,
     pub presences_in: AtomicU64,
     pub iqs_in: AtomicU64,
@@ -24,6 +31,13 @@ pub struct Metrics {
 impl Metrics {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
+    }
+
+    /// Record how long a storage write took.
+    pub fn storage_write(&self, started: std::time::Instant) {
+        self.storage_writes.fetch_add(1, Relaxed);
+        self.storage_write_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
     }
 
     pub fn stanza_in(&self, name: &str) {
@@ -60,13 +74,21 @@ pub fn render(server: &crate::server::Server) -> String {
         "xmppd_connections_open",
         "gauge",
         "Open client connections.",
-        &[("kind=\"c2s\"", g(&m.connections_open))],
+        &[
+            ("kind=\"c2s\"", g(&m.connections_open)),
+            ("kind=\"websocket\"", g(&m.websocket_open)),
+            ("kind=\"bosh\"", g(&m.bosh_open)),
+        ],
     );
     put(
         "xmppd_connections_total",
         "counter",
         "Client connections accepted.",
-        &[("kind=\"c2s\"", g(&m.connections_opened))],
+        &[
+            ("kind=\"c2s\"", g(&m.connections_opened)),
+            ("kind=\"websocket\"", g(&m.websocket_opened)),
+            ("kind=\"bosh\"", g(&m.bosh_opened)),
+        ],
     );
     put(
         "xmppd_sessions",
@@ -116,6 +138,18 @@ pub fn render(server: &crate::server::Server) -> String {
         "counter",
         "Messages stored for offline users.",
         &[("", g(&m.offline_stored))],
+    );
+    put(
+        "xmppd_storage_writes_total",
+        "counter",
+        "Storage writes on the message path (archive, offline).",
+        &[("", g(&m.storage_writes))],
+    );
+    put(
+        "xmppd_storage_write_microseconds_total",
+        "counter",
+        "Time spent in those writes.",
+        &[("", g(&m.storage_write_micros))],
     );
     put(
         "xmppd_storage_errors_total",

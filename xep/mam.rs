@@ -142,7 +142,10 @@ pub async fn archive_outgoing(
             created_at: now,
         });
     }
-    match server.archive_writer.append(rows).await {
+    let started = std::time::Instant::now();
+    let stored = server.archive_writer.append(rows).await;
+    server.metrics.storage_write(started);
+    match stored {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, "archiving failed");

@@ -63,12 +63,14 @@ pub async fn store(server: &Server, owner: &BareJid, msg: &Element) -> Stored {
     );
     let xml = String::from_utf8(copy.to_bytes()).unwrap_or_default();
     let max = server.config.modules.offline.max_per_user;
-    match server
+    let started = std::time::Instant::now();
+    let stored = server
         .storage
         .offline
         .store_offline(owner.as_str(), &xml, max)
-        .await
-    {
+        .await;
+    server.metrics.storage_write(started);
+    match stored {
         Ok(true) => {
             crate::metrics::Metrics::inc(&server.metrics.offline_stored);
             Stored::Yes

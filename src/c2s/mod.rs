@@ -81,7 +81,13 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: 
 /// Serve a connection on an already prepared transport (BOSH) until it ends.
 pub async fn serve_transport(server: Arc<Server>, io: Transport, peer: SocketAddr) {
     let conn = XmlConn::new(io, &server.config.limits);
+    let m = server.clone();
+    crate::metrics::Metrics::inc(&m.metrics.bosh_opened);
+    crate::metrics::Metrics::inc(&m.metrics.bosh_open);
     run(server, conn, peer).await;
+    m.metrics
+        .bosh_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Serve an XMPP-over-WebSocket connection (RFC 7395) until it ends.
@@ -96,7 +102,13 @@ pub async fn serve_websocket(
         secure,
     };
     let conn = XmlConn::new(io, &server.config.limits);
+    let m = server.clone();
+    crate::metrics::Metrics::inc(&m.metrics.websocket_opened);
+    crate::metrics::Metrics::inc(&m.metrics.websocket_open);
     run(server, conn, peer).await;
+    m.metrics
+        .websocket_open
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Negotiate, then run the session, on any transport.
