@@ -14,6 +14,7 @@ pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod ping;
+pub mod private;
 pub mod register;
 pub mod sm;
 pub mod time;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
     "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
-    "blocking", "muc", "upload", "pep",
+    "blocking", "muc", "upload", "pep", "private",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -86,6 +87,7 @@ impl Modules {
                 "mam" => Arc::new(mam::Mam),
                 "blocking" => Arc::new(blocking::Blocking),
                 "pep" => Arc::new(pep::Pep),
+                "private" => Arc::new(private::Private),
                 // A component with its own domain: routed by domain, not by IQ namespace.
                 "muc" | "upload" => continue,
                 _ => continue,

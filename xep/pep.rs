@@ -131,7 +131,7 @@ fn event_message(owner: &BareJid, to: &str, content: Element) -> Element {
         .build()
 }
 
-fn items_element(node: &str, items: &[PepItem]) -> Element {
+pub(crate) fn items_element(node: &str, items: &[PepItem]) -> Element {
     let mut b = el("items", NS_EVENT).a("node", node);
     for it in items {
         let mut i = el("item", NS_EVENT)
@@ -146,7 +146,7 @@ fn items_element(node: &str, items: &[PepItem]) -> Element {
 }
 
 /// Send an event to every interested session allowed to see `node`.
-async fn notify(server: &Server, owner: &BareJid, node: &PepNode, content: Element) {
+pub(crate) async fn notify(server: &Server, owner: &BareJid, node: &PepNode, content: Element) {
     let mut recipients: Vec<BareJid> = vec![owner.clone()];
     if node.access_model != "whitelist" {
         if let Ok((_, roster)) = server.storage.roster.roster(owner.as_str()).await {

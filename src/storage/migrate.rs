@@ -54,6 +54,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0007_pep.sql"),
         postgres: include_str!("../../migrations/postgres/0007_pep.sql"),
     },
+    Migration {
+        version: 8,
+        name: "private",
+        sqlite: include_str!("../../migrations/sqlite/0008_private.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_private.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

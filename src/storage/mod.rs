@@ -342,6 +342,13 @@ pub trait PepStore: Send + Sync {
     async fn retract_pep_item(&self, owner: &str, node: &str, item_id: &str) -> Result<bool>;
 }
 
+/// XEP-0049 private XML storage.
+#[async_trait]
+pub trait PrivateStore: Send + Sync {
+    async fn private_xml(&self, owner: &str, namespace: &str) -> Result<Option<String>>;
+    async fn set_private_xml(&self, owner: &str, namespace: &str, xml: &str) -> Result<()>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
@@ -355,6 +362,7 @@ pub struct Storage {
     pub muc: Arc<dyn MucStore>,
     pub uploads: Arc<dyn UploadStore>,
     pub pep: Arc<dyn PepStore>,
+    pub private: Arc<dyn PrivateStore>,
     pub backend: &'static str,
 }
 
@@ -374,7 +382,8 @@ impl Storage {
             blocks: store.clone(),
             muc: store.clone(),
             uploads: store.clone(),
-            pep: store,
+            pep: store.clone(),
+            private: store,
         })
     }
 }

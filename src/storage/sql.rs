@@ -179,6 +179,7 @@ impl AccountStore for SqlStore {
                 "DELETE FROM blocklist WHERE owner = $1",
                 "DELETE FROM pep_items WHERE owner = $1",
                 "DELETE FROM pep_nodes WHERE owner = $1",
+                "DELETE FROM private_xml WHERE owner = $1",
             ] {
                 sqlx::query(sql).bind(jid).execute(&mut *tx).await?;
             }
@@ -771,5 +772,23 @@ impl PepStore for SqlStore {
         let n = with_db!(&self.db, p => sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2 AND item_id = $3")
             .bind(owner).bind(node).bind(item_id).execute(p).await?.rows_affected());
         Ok(n > 0)
+    }
+}
+
+#[async_trait]
+impl PrivateStore for SqlStore {
+    async fn private_xml(&self, owner: &str, namespace: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT xml FROM private_xml WHERE owner = $1 AND namespace = $2")
+            .bind(owner).bind(namespace).fetch_optional(p).await?);
+        Ok(row.map(|r| r.0))
+    }
+
+    async fn set_private_xml(&self, owner: &str, namespace: &str, xml: &str) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query(
+            "INSERT INTO private_xml (owner, namespace, xml) VALUES ($1, $2, $3) \
+             ON CONFLICT (owner, namespace) DO UPDATE SET xml = $3")
+            .bind(owner).bind(namespace).bind(xml).execute(p).await.map(|_| ())?);
+        Ok(())
     }
 }

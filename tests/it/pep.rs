@@ -223,3 +223,61 @@ async fn no_notify_no_event_and_node_configuration() {
         .await;
     assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
 }
+
+#[tokio::test]
+async fn private_storage_and_bookmarks_in_both_formats() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw").await;
+    let mut old = Client::online(s.addr(), "alice", "pw", "old").await;
+    let mut new = Client::online(s.addr(), "alice", "pw", "new").await;
+    // Plain private storage.
+    let r = old.iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:private'><prefs xmlns='x:prefs'><theme>dark</theme></prefs></query></iq>").await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let r = old.iq("<iq type='get' id='{id}'><query xmlns='jabber:iq:private'><prefs xmlns='x:prefs'/></query></iq>").await;
+    assert!(xml(&r).contains("<theme>dark</theme>"), "{}", xml(&r));
+    let r = old.iq("<iq type='get' id='{id}'><query xmlns='jabber:iq:private'><none xmlns='x:none'/></query></iq>").await;
+    assert!(xml(&r).contains("x:none"));
+    let r = old.iq("<iq type='get' id='{id}'><query xmlns='jabber:iq:private'><x xmlns='jabber:client'/></query></iq>").await;
+    assert_eq!(error_condition(&r).as_deref(), Some("not-acceptable"));
+    // The account advertises the bookmarks bridge.
+    let r = new.iq("<iq type='get' id='{id}' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    assert!(xml(&r).contains("urn:xmpp:bookmarks:1#compat"));
+
+    // An old client writes XEP-0048 bookmarks: a new client reads them as XEP-0402.
+    let r = old
+        .iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>\
+             <conference jid='team@conference.localhost' name='Team' autojoin='true'><nick>al</nick></conference>\
+             <url name='site' url='https://example.org/'/></storage></query></iq>")
+        .await;
+    assert_eq!(r.attr("type"), Some("result"));
+    let r = items(&mut new, "alice@localhost", "urn:xmpp:bookmarks:1").await;
+    let x = xml(&r);
+    assert!(
+        x.contains("id='team@conference.localhost'")
+            && x.contains("autojoin='true'")
+            && x.contains("<nick>al</nick>"),
+        "{x}"
+    );
+    // A new client adds one via PEP: the old client sees both (and keeps its URL).
+    let r = new
+        .iq(&publish(
+            "urn:xmpp:bookmarks:1",
+            "lobby@conference.localhost",
+            "<conference xmlns='urn:xmpp:bookmarks:1' name='Lobby'/>",
+            "",
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+    let r = old.iq("<iq type='get' id='{id}'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query></iq>").await;
+    let x = xml(&r);
+    assert!(
+        x.contains("team@conference.localhost")
+            && x.contains("lobby@conference.localhost")
+            && x.contains("https://example.org/"),
+        "{x}"
+    );
+    // Removing it on the old side removes it from the new side.
+    old.iq("<iq type='set' id='{id}'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'><conference jid='lobby@conference.localhost' name='Lobby'/></storage></query></iq>").await;
+    let r = items(&mut new, "alice@localhost", "urn:xmpp:bookmarks:1").await;
+    assert!(!xml(&r).contains("team@"), "{}", xml(&r));
+}
