@@ -102,6 +102,19 @@ def toml_str(s: str) -> str:
     return json.dumps(s)
 
 
+def toml_value(v) -> str:
+    """A TOML literal for the simple values module options use."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return toml_str(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise HarnessError(f"cannot render {v!r} as a TOML value")
+
+
 # --------------------------------------------------------------------------- postgres
 def create_pg_database(base_url: str) -> tuple[str, str]:
     """Create a fresh database next to base_url; returns (its url, its name)."""
@@ -217,7 +230,8 @@ class XmppdServer(Server):
 
     def __init__(self, *, binary: str | None = None, storage: str | None = None,
                  registration_open: bool = False, max_stanza_bytes: int = 65536,
-                 pool_size: int = 16, domain: str = "localhost", log_level: str | None = None):
+                 pool_size: int = 16, domain: str = "localhost", log_level: str | None = None,
+                 config: dict[str, dict] | None = None):
         self.binary = str(binary or os.environ.get("XMPPD_BIN") or DEFAULT_BIN)
         self.storage = (storage or os.environ.get("XMPPD_STORAGE") or "sqlite").lower()
         if self.storage not in ("sqlite", "postgres"):
@@ -228,9 +242,14 @@ class XmppdServer(Server):
         self.pool_size = pool_size
         self.domain = domain
         self.log_level = log_level or os.environ.get("XMPPD_LOG_LEVEL", "debug")
+        # Extra config tables, e.g. {"c2s": {"resume_timeout": 2},
+        # "modules.offline": {"max_per_user": 5}}; keys of [registration] and
+        # [limits] given here override the harness's own.
+        self.extra_config = {k: dict(v) for k, v in (config or {}).items()}
         self.version_name = "xmppd"
         self.proc: subprocess.Popen | None = None
         self.tmp: Path | None = None
+        self.http_port = 0
         self.pg_db: str | None = None
         self._pool: list[Account] = []
         self._counter = 0
@@ -242,7 +261,10 @@ class XmppdServer(Server):
             raise HarnessError(f"xmppd binary not found at {self.binary} (set XMPPD_BIN)")
         self.tmp = Path(tempfile.mkdtemp(prefix="xmppd-conformance-"))
         (self.tmp / "data").mkdir()
-        self.starttls_port, self.tls_port = free_ports(2)
+        self.starttls_port, self.tls_port, http_port = free_ports(3)
+        # Newer xmppd builds also serve HTTP (default 0.0.0.0:5280/5443): keep
+        # it on loopback and on a free port so servers can run side by side.
+        self.http_port = http_port if "http" not in self.extra_config and self._accepts("[http]\nlisteners = []") else 0
         if self.storage == "postgres":
             url, self.pg_db = create_pg_database(self.pg_base_url)
         else:
@@ -252,11 +274,29 @@ class XmppdServer(Server):
         self.config_path.write_text(self.render_config())
         for i in range(self.pool_size):
             self._pool.append(self._create_account(f"user{i + 1:02d}"))
-        self._spawn()
+        for attempt in range(3):
+            try:
+                self._spawn()
+                return self
+            except HarnessError as e:
+                # A "free" port taken by someone else between our probe and the
+                # server's bind (other processes on the machine): new ports, again.
+                if "Address already in use" not in str(e) or attempt == 2:
+                    self.stop()  # no leftover temp dir or scratch database
+                    raise
+                self.starttls_port, self.tls_port, http_port = free_ports(3)
+                self.http_port = http_port if self.http_port else 0
+                self.config_path.write_text(self.render_config())
         return self
 
     def render_config(self) -> str:
-        return "\n".join([
+        tables: dict[str, dict] = {
+            "registration": {"open": self.registration_open},
+            "limits": {"max_stanza_bytes": self.max_stanza_bytes},
+        }
+        for name, opts in self.extra_config.items():
+            tables.setdefault(name, {}).update(opts)
+        lines = [
             f"hosts = [{toml_str(self.domain)}]",
             f"data_dir = {toml_str(str(self.tmp / 'data'))}",
             f"log_level = {toml_str(self.log_level)}",
@@ -274,13 +314,32 @@ class XmppdServer(Server):
             f"port = {self.tls_port}",
             'tls = "direct"',
             "",
-            "[registration]",
-            f"open = {'true' if self.registration_open else 'false'}",
-            "",
-            "[limits]",
-            f"max_stanza_bytes = {self.max_stanza_bytes}",
-            "",
-        ])
+        ]
+        for name, opts in tables.items():
+            lines.append(f"[{name}]")
+            lines.extend(f"{k} = {toml_value(v)}" for k, v in opts.items())
+            lines.append("")
+        if self.http_port:
+            lines += ["[http]",
+                      f"listeners = [{{ address = {toml_str(LOOPBACK)}, port = {self.http_port}, tls = false }}]",
+                      ""]
+        return "\n".join(lines)
+
+    _accepted: dict = {}
+
+    def _accepts(self, snippet: str) -> bool:
+        """Does this binary's `check-config` accept a config with `snippet`?
+        (Cached per binary; used to configure optional newer features.)"""
+        key = (self.binary, snippet)
+        if key not in XmppdServer._accepted:
+            assert self.tmp is not None
+            probe = self.tmp / "probe.toml"
+            probe.write_text(f"hosts = [{toml_str(self.domain)}]\n"
+                             f"data_dir = {toml_str(str(self.tmp / 'probe-data'))}\n{snippet}\n")
+            cp = self.cli("check-config", check=False, config=probe)
+            probe.unlink()
+            XmppdServer._accepted[key] = cp.returncode == 0
+        return XmppdServer._accepted[key]
 
     def cli(self, *args: str, input: str | None = None, check: bool = True,
             config: Path | None = None) -> subprocess.CompletedProcess:
@@ -319,7 +378,7 @@ class XmppdServer(Server):
             env=env, start_new_session=True,
         )
         try:
-            wait_for_ports(LOOPBACK, [self.starttls_port, self.tls_port], STARTUP_TIMEOUT,
+            wait_for_ports(LOOPBACK, [self.starttls_port, self.tls_port, self.http_port], STARTUP_TIMEOUT,
                            alive=lambda: self.proc is not None and self.proc.poll() is None)
         except HarnessError as e:
             tail = self.log_since(0)[-6000:]

@@ -315,3 +315,45 @@ async def subscribe_mutually(a: Client, b: Client) -> None:
 
 async def close_all(*clients: Client) -> None:
     await asyncio.gather(*(c.close() for c in clients if c is not None), return_exceptions=True)
+
+
+async def server_roundtrip(client: Client) -> None:
+    """Ping the client's own server and wait for the answer.  The server handles
+    one session's stanzas in order, so everything the client sent before has
+    been processed (routed, stored) when this returns."""
+    await client.plugin["xep_0199"].send_ping(client.boundjid.domain, timeout=TIMEOUT)
+
+
+class Events:
+    """Collects every occurrence of one slixmpp event on a client (e.g. a
+    plugin's `carbon_received`); wait() for one matching a predicate."""
+
+    def __init__(self, client: Client, name: str):
+        self.items: list = []
+        self._changed = asyncio.Event()
+        self.name = name
+        client.add_event_handler(name, self._on)
+
+    def _on(self, payload) -> None:
+        self.items.append(payload)
+        self._changed.set()
+
+    def matching(self, pred: Callable) -> list:
+        return [s for s in self.items if pred(s)]
+
+    async def wait(self, pred: Callable = lambda s: True, what: str = "", timeout: float = TIMEOUT):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for s in self.items:
+                if pred(s):
+                    return s
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                seen = "\n  ".join(str(s)[:400] for s in self.items[-10:])
+                raise AssertionError(f"no {self.name} event {what} within {timeout}s; got:\n  {seen}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass

@@ -192,6 +192,42 @@ pub struct ModulesConfig {
     pub offline: OfflineModuleConfig,
     pub muc: MucModuleConfig,
     pub upload: UploadModuleConfig,
+    pub extdisco: ExtDiscoConfig,
+    /// XEP-0157 contact addresses, by kind: "abuse", "admin", "feedback",
+    /// "sales", "security", "status", "support" → list of URIs.
+    pub contact_addresses: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtDiscoConfig {
+    /// STUN/TURN servers offered to clients (XEP-0215).
+    pub services: Vec<ExternalService>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalService {
+    /// "stun", "turn", "stuns" or "turns".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    /// "udp" or "tcp".
+    #[serde(default = "default_transport")]
+    pub transport: String,
+    /// TURN REST shared secret: clients get time-limited credentials derived from it.
+    pub secret: Option<String>,
+    /// Seconds the credentials stay valid.
+    #[serde(default = "default_ttl")]
+    pub ttl: u64,
+}
+
+fn default_transport() -> String {
+    "udp".into()
+}
+fn default_ttl() -> u64 {
+    86_400
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +313,8 @@ impl Default for ModulesConfig {
             offline: OfflineModuleConfig::default(),
             muc: MucModuleConfig::default(),
             upload: UploadModuleConfig::default(),
+            extdisco: ExtDiscoConfig::default(),
+            contact_addresses: Default::default(),
         }
     }
 }

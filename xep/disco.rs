@@ -80,6 +80,34 @@ impl Module for Disco {
         for f in features {
             q = q.c(el("feature", ns::DISCO_INFO).a("var", f).build());
         }
+        if matches!(req.target, Target::Server(_))
+            && !server.config.modules.contact_addresses.is_empty()
+        {
+            q = q.c(contact_addresses(server));
+        }
         Some(iq_result(req.iq, Some(q.build())))
     }
+}
+
+/// XEP-0157 server information form (contact addresses).
+fn contact_addresses(server: &Server) -> Element {
+    let mut x = el("x", ns::DATA_FORMS)
+        .a("type", "result")
+        .c(el("field", ns::DATA_FORMS)
+            .a("var", "FORM_TYPE")
+            .a("type", "hidden")
+            .c(el("value", ns::DATA_FORMS)
+                .t("http://jabber.org/network/serverinfo")
+                .build())
+            .build());
+    for (kind, uris) in &server.config.modules.contact_addresses {
+        let mut f = el("field", ns::DATA_FORMS)
+            .a("var", format!("{kind}-addresses"))
+            .a("type", "list-multi");
+        for u in uris {
+            f = f.c(el("value", ns::DATA_FORMS).t(u).build());
+        }
+        x = x.c(f.build());
+    }
+    x.build()
 }

@@ -8,6 +8,7 @@ pub mod caps;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
+pub mod extdisco;
 pub mod last;
 pub mod mam;
 pub mod muc;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
     "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
-    "blocking", "muc", "upload", "pep", "private",
+    "blocking", "muc", "upload", "pep", "private", "extdisco",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -88,6 +89,7 @@ impl Modules {
                 "blocking" => Arc::new(blocking::Blocking),
                 "pep" => Arc::new(pep::Pep),
                 "private" => Arc::new(private::Private),
+                "extdisco" => Arc::new(extdisco::ExtDisco),
                 // A component with its own domain: routed by domain, not by IQ namespace.
                 "muc" | "upload" => continue,
                 _ => continue,

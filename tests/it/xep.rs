@@ -198,3 +198,81 @@ async fn in_band_registration_when_open_and_password_change() {
             .unwrap()
     );
 }
+
+#[tokio::test]
+async fn turn_credentials_and_contact_addresses() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.modules.extdisco.services = vec![
+            xmppd::config::ExternalService {
+                kind: "stun".into(),
+                host: "turn.example.org".into(),
+                port: 3478,
+                transport: "udp".into(),
+                secret: None,
+                ttl: 60,
+            },
+            xmppd::config::ExternalService {
+                kind: "turn".into(),
+                host: "turn.example.org".into(),
+                port: 3478,
+                transport: "udp".into(),
+                secret: Some("s3cret".into()),
+                ttl: 60,
+            },
+        ];
+        c.modules
+            .contact_addresses
+            .insert("abuse".into(), vec!["mailto:abuse@example.org".into()]);
+    })
+    .await;
+    s.add_user("alice", "pw").await;
+    let mut c = s.login("alice", "pw", "r").await;
+    let r = c
+        .iq("<iq type='get' id='{id}' to='localhost'><services xmlns='urn:xmpp:extdisco:2'/></iq>")
+        .await;
+    let services: Vec<minidom::Element> = r
+        .get_child("services", "urn:xmpp:extdisco:2")
+        .unwrap()
+        .children()
+        .cloned()
+        .collect();
+    assert_eq!(services.len(), 2);
+    let turn = services
+        .iter()
+        .find(|s| s.attr("type") == Some("turn"))
+        .unwrap();
+    let user = turn.attr("username").unwrap();
+    assert!(user.ends_with(":alice@localhost"), "{user}");
+    let expires: u64 = user.split(':').next().unwrap().parse().unwrap();
+    let (_, expected) =
+        xmppd::xep::extdisco::turn_credentials("s3cret", "alice@localhost", expires);
+    assert_eq!(
+        turn.attr("password"),
+        Some(expected.as_str()),
+        "credentials a TURN server with the secret accepts"
+    );
+    assert!(
+        services
+            .iter()
+            .find(|s| s.attr("type") == Some("stun"))
+            .unwrap()
+            .attr("password")
+            .is_none()
+    );
+    let r = c.iq("<iq type='get' id='{id}' to='localhost'><services xmlns='urn:xmpp:extdisco:2' type='stun'/></iq>").await;
+    assert_eq!(
+        r.get_child("services", "urn:xmpp:extdisco:2")
+            .unwrap()
+            .children()
+            .count(),
+        1
+    );
+    let r = c.iq("<iq type='get' id='{id}' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let x = xml(&r);
+    assert!(
+        x.contains("http://jabber.org/network/serverinfo")
+            && x.contains("abuse-addresses")
+            && x.contains("mailto:abuse@example.org"),
+        "{x}"
+    );
+}
