@@ -33,7 +33,7 @@ pub async fn from_session(server: &Server, sender: &FullJid, mut msg: Element, t
 /// Route a message to `to`, whatever its origin.
 pub async fn route(server: &Server, msg: Element, to: Jid) {
     if server.muc.handles(to.domain().as_str()) {
-        server.muc.handle(server, msg);
+        server.muc.handle_message(server, msg).await;
         return;
     }
     let kind = msg.attr("type").unwrap_or("normal").to_string();

@@ -126,6 +126,46 @@ impl MucService {
         })))
     }
 
+    /// A message from a local session to the service or a room. Groupchat
+    /// messages are archived (group-committed) before anyone receives them,
+    /// one at a time per room, so archive order is delivery order and every
+    /// stanza-id a client saw can be queried.
+    pub async fn handle_message(&self, server: &Server, msg: Element) {
+        let (Some(from), Some(to)) = (
+            msg.attr("from").and_then(|f| FullJid::new(f).ok()),
+            msg.attr("to").and_then(|t| Jid::new(t).ok()),
+        ) else {
+            return;
+        };
+        let Some(room) = to.node().and_then(|_| self.room(&to.to_bare())) else {
+            return self.handle(server, msg);
+        };
+        let send_lock = room.lock().unwrap().send_lock.clone();
+        let _in_order = send_lock.lock().await;
+        let prepared = {
+            let mut r = room.lock().unwrap();
+            let p = r.message(server, msg, &from, to.resource().map(|r| r.as_str()));
+            self.persist(&mut r);
+            p
+        };
+        let Some(mut p) = prepared else { return };
+        if let Some(row) = p.row.take()
+            && let Err(e) = server.archive_writer.append(vec![row]).await
+        {
+            tracing::error!(error = %e, "archiving a room message failed");
+            reply(
+                server,
+                &p.original,
+                "internal-server-error",
+                Some("could not store the message"),
+            );
+            return;
+        }
+        let mut r = room.lock().unwrap();
+        r.deliver(server, p);
+        self.persist(&mut r);
+    }
+
     /// No more writes: the writer finishes what is queued and stops.
     pub fn close_persistence(&self) {
         self.persist.lock().unwrap().take();
@@ -214,7 +254,11 @@ impl MucService {
             "message" => match self.room(&room_jid) {
                 Some(r) => {
                     let mut r = r.lock().unwrap();
-                    r.message(server, stanza, &from, to.resource().map(|r| r.as_str()));
+                    if let Some(p) =
+                        r.message(server, stanza, &from, to.resource().map(|r| r.as_str()))
+                    {
+                        r.deliver_now(server, p);
+                    }
                     self.persist(&mut r);
                 }
                 None => reply(server, &stanza, "item-not-found", Some("no such room")),

@@ -124,6 +124,17 @@ pub struct Room {
     stored: bool,
     /// Messages to add to the room archive.
     to_archive: Vec<NewArchived>,
+    /// Serialises archive-then-deliver of groupchat messages (async path).
+    pub send_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A checked groupchat message waiting for its archive row to be stored.
+pub struct Prepared {
+    pub original: Element,
+    out: Element,
+    pub row: Option<NewArchived>,
+    /// Body length, for history (None: not kept in history).
+    chars: Option<usize>,
 }
 
 /// What to do in storage after a change.
@@ -187,6 +198,7 @@ impl Room {
             dirty: false,
             stored: false,
             to_archive: Vec::new(),
+            send_lock: Default::default(),
         }
     }
 
@@ -651,11 +663,19 @@ impl Room {
         self.send_unavailable(server, &o, &recipients, &[], None);
     }
 
-    pub fn message(&mut self, server: &Server, m: Element, from: &FullJid, nick: Option<&str>) {
+    /// Handle a message to the room; a groupchat message comes back prepared
+    /// for `deliver` once archived.
+    pub fn message(
+        &mut self,
+        server: &Server,
+        m: Element,
+        from: &FullJid,
+        nick: Option<&str>,
+    ) -> Option<Prepared> {
         let Some(i) = self.by_session(from) else {
             // Mediated invitations and declines may come from non-occupants too.
             if nick.is_none() && self.invitation(server, &m, from) {
-                return;
+                return None;
             }
             if m.attr("type") != Some("error") {
                 reply(
@@ -665,10 +685,10 @@ impl Room {
                     Some("only occupants may send messages here"),
                 );
             }
-            return;
+            return None;
         };
         match (m.attr("type"), nick) {
-            (Some("groupchat"), None) => self.groupchat(server, m, i),
+            (Some("groupchat"), None) => return self.groupchat(server, m, i),
             (Some("error"), _) => {}
             (_, Some(to_nick)) => self.private_message(server, m, i, to_nick),
             (_, None) => {
@@ -677,27 +697,32 @@ impl Room {
                 }
             }
         }
+        None
     }
 
-    fn groupchat(&mut self, server: &Server, m: Element, i: usize) {
+    /// Check and stamp a groupchat message; delivery is `deliver`, after the
+    /// archive row (if any) is stored.
+    fn groupchat(&mut self, server: &Server, m: Element, i: usize) -> Option<Prepared> {
         let o = &self.occupants[i];
         if o.role < Role::Participant {
-            return reply(
+            reply(
                 server,
                 &m,
                 "forbidden",
                 Some("you have no voice in this room"),
             );
+            return None;
         }
         let nick = o.nick.clone();
         if let Some(subject) = m.get_child("subject", ns::CLIENT) {
             if !(o.role == Role::Moderator || self.config.change_subject) {
-                return reply(
+                reply(
                     server,
                     &m,
                     "forbidden",
                     Some("you may not change the subject"),
                 );
+                return None;
             }
             self.subject = Some((subject.text(), nick.clone()));
             self.dirty = true;
@@ -713,23 +738,34 @@ impl Room {
                 .a("by", self.jid.as_str())
                 .build(),
         );
-        self.fan_out(server, &out);
-        if self.archives(server) && crate::xep::mam::archivable_groupchat(&m) {
-            self.to_archive.push(NewArchived {
+        let row = (self.archives(server) && crate::xep::mam::archivable_groupchat(&m)).then(|| {
+            NewArchived {
                 owner: self.jid.to_string(),
                 stanza_id: sid,
                 with: occupant_jid(&self.jid, &nick),
                 stanza: String::from_utf8(out.to_bytes()).unwrap_or_default(),
                 created_at: now_micros(),
-            });
-        }
-        if m.has_child("body", ns::CLIENT) && self.config.history_length > 0 {
-            let chars = m
-                .get_child("body", ns::CLIENT)
-                .map(|b| b.text().chars().count())
-                .unwrap_or(0);
+            }
+        });
+        let chars = m
+            .get_child("body", ns::CLIENT)
+            .map(|b| b.text().chars().count());
+        Some(Prepared {
+            original: m,
+            out,
+            row,
+            chars,
+        })
+    }
+
+    /// Send a prepared groupchat message to everyone and keep it in the history.
+    pub fn deliver(&mut self, server: &Server, p: Prepared) {
+        self.fan_out(server, &p.out);
+        if let Some(chars) = p.chars
+            && self.config.history_length > 0
+        {
             self.history.push_back(HistoryItem {
-                msg: out,
+                msg: p.out,
                 at: now_micros(),
                 chars,
             });
@@ -737,6 +773,14 @@ impl Room {
                 self.history.pop_front();
             }
         }
+    }
+
+    /// Without an async caller: deliver now, archive behind (the room writer).
+    pub fn deliver_now(&mut self, server: &Server, mut p: Prepared) {
+        if let Some(row) = p.row.take() {
+            self.to_archive.push(row);
+        }
+        self.deliver(server, p);
     }
 
     /// Serialize once, then splice each recipient's `to` into the start tag.
