@@ -75,6 +75,8 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        // Occupants hear the rooms close (status 332) before their sessions end.
+        self.server.muc.shutdown(&self.server);
         for h in self.server.registry.all() {
             h.kill(Kill::Shutdown);
         }

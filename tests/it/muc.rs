@@ -555,3 +555,16 @@ async fn rooms_per_user_are_limited() {
     let e = alice.recv_until(|e| e.attr("type") == Some("error")).await;
     assert_eq!(error_condition(&e).as_deref(), Some("not-allowed"));
 }
+
+#[tokio::test]
+async fn shutdown_tells_occupants_332() {
+    let mut s = TestServer::start().await;
+    let mut c = users(&s, &["alice"]).await;
+    let mut alice = c.pop().unwrap();
+    join(&mut alice, "Alice", "").await;
+    s.running.take().unwrap().shutdown().await;
+    let p = alice
+        .recv_until(|e| e.name() == "presence" && e.attr("type") == Some("unavailable"))
+        .await;
+    assert!(codes(&p).contains(&"332".into()), "{}", xml(&p));
+}

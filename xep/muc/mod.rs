@@ -166,6 +166,14 @@ impl MucService {
         self.persist(&mut r);
     }
 
+    /// The service stops: every occupant leaves with status 332 (XEP-0045 §9.10).
+    pub fn shutdown(&self, server: &Server) {
+        let rooms: Vec<Arc<Mutex<Room>>> = self.rooms.lock().unwrap().values().cloned().collect();
+        for r in rooms {
+            r.lock().unwrap().remove_everyone(server, &[332]);
+        }
+    }
+
     /// No more writes: the writer finishes what is queued and stops.
     pub fn close_persistence(&self) {
         self.persist.lock().unwrap().take();

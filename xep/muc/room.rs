@@ -1321,6 +1321,12 @@ impl Room {
         Some(iq_result(iq, None))
     }
 
+    /// Everyone leaves (service shutdown), told with `codes`.
+    pub fn remove_everyone(&mut self, server: &Server, codes: &[u16]) {
+        let all: Vec<usize> = (0..self.occupants.len()).collect();
+        self.remove_occupants(server, all, codes, None);
+    }
+
     /// Remove occupants (kick, ban, members-only) telling everyone, with `codes`.
     fn remove_occupants(
         &mut self,
