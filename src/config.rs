@@ -23,6 +23,35 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub modules: ModulesConfig,
     pub http: HttpConfig,
+    pub components: ComponentsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentsConfig {
+    /// Where XEP-0114 external components connect (no listener without services).
+    pub address: String,
+    pub port: u16,
+    pub services: Vec<ComponentService>,
+}
+
+impl Default for ComponentsConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".into(),
+            port: 5347,
+            services: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentService {
+    /// The component's domain, e.g. "gateway.example.org".
+    pub domain: String,
+    /// Shared secret of the XEP-0114 handshake.
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,6 +380,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             modules: ModulesConfig::default(),
             http: HttpConfig::default(),
+            components: ComponentsConfig::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! xmppd: a native XMPP server. See docs/ARCHITECTURE.md for the map.
 
 pub mod c2s;
+pub mod component;
 pub mod config;
 pub mod http;
 pub mod im;

@@ -28,6 +28,7 @@ pub struct Server {
     pub metrics: crate::metrics::Metrics,
     pub bosh: crate::xep::bosh::BoshSessions,
     pub caps: crate::xep::caps::CapsCache,
+    pub components: crate::component::Components,
     /// Group-committed archive writes (XEP-0313).
     pub archive_writer: crate::storage::group_commit::ArchiveWriter,
     /// Serialises read-modify-write of each account's roster rows.
@@ -55,6 +56,8 @@ pub struct Running {
     pub listeners: Vec<(TlsMode, SocketAddr)>,
     /// (tls, address) of each HTTP listener.
     pub http_listeners: Vec<(bool, SocketAddr)>,
+    /// Where external components connect (XEP-0114), when any are configured.
+    pub component_listener: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Writers that must finish (not be aborted) on shutdown.
@@ -120,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running> {
         metrics: Default::default(),
         bosh: Default::default(),
         caps: Default::default(),
+        components: Default::default(),
         archive_writer,
         roster_locks: (0..ROSTER_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
@@ -133,6 +137,28 @@ pub async fn start(config: Config) -> Result<Running> {
     let mut tasks = Vec::new();
     if server.modules.enabled("offline") {
         tasks.push(crate::xep::offline::spawn_expiry(server.clone()));
+    }
+    let mut component_listener = None;
+    if !server.config.components.services.is_empty() {
+        let c = &server.config.components;
+        let addr = format!("{}:{}", c.address, c.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("component listener on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, "component listener");
+        component_listener = Some(local);
+        let srv = server.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, peer)) => {
+                        tokio::spawn(crate::component::serve(srv.clone(), tcp, peer));
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                }
+            }
+        }));
     }
     let mut http_listeners = Vec::new();
     for l in &server.config.http.listeners {
@@ -199,6 +225,7 @@ pub async fn start(config: Config) -> Result<Running> {
         server,
         listeners,
         http_listeners,
+        component_listener,
         shutdown: tx,
         tasks,
         drain,

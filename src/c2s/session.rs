@@ -545,6 +545,14 @@ impl Session {
             }
         }
         if let Some(j) = &to
+            && server.components.handles(j.domain().as_str())
+        {
+            if !server.components.deliver(j.domain().as_str(), &iq) && request {
+                self.reply_error(&iq, "service-unavailable", None);
+            }
+            return;
+        }
+        if let Some(j) = &to
             && server.upload.handles(j.domain().as_str())
         {
             if let Some(mut r) = server.upload.handle_iq(&server, &iq, &self.jid).await {

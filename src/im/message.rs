@@ -32,6 +32,12 @@ pub async fn from_session(server: &Server, sender: &FullJid, mut msg: Element, t
 
 /// Route a message to `to`, whatever its origin.
 pub async fn route(server: &Server, msg: Element, to: Jid) {
+    if server.components.handles(to.domain().as_str()) {
+        if !server.components.deliver(to.domain().as_str(), &msg) {
+            bounce(server, &msg, "service-unavailable", None);
+        }
+        return;
+    }
     if server.muc.handles(to.domain().as_str()) {
         server.muc.handle_message(server, msg).await;
         return;

@@ -26,6 +26,9 @@ pub fn to_available(server: &Server, bare: &BareJid, el: &Element) -> usize {
 
 /// Deliver to a full JID if bound, or to all available resources of a bare JID.
 pub fn to_jid(server: &Server, to: &Jid, el: &Element) -> usize {
+    if server.components.deliver(to.domain().as_str(), el) {
+        return 1;
+    }
     if server.muc.handles(to.domain().as_str()) {
         server.muc.handle(server, el.clone());
         return 1;

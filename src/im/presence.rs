@@ -218,7 +218,9 @@ async fn directed(
         st.directed.remove(&to);
     }
     let domain = to.domain().as_str();
-    if (server.config.serves(domain) || server.muc.handles(domain)) && to.node().is_some() {
+    if server.components.handles(domain)
+        || ((server.config.serves(domain) || server.muc.handles(domain)) && to.node().is_some())
+    {
         to_jid(server, &to, &p);
     }
 }

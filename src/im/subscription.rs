@@ -173,11 +173,12 @@ async fn route(
     to: &BareJid,
     original: &Element,
 ) -> Result<()> {
+    let stanza = stamped(kind, from, to, Some(original));
     if !is_local(server, to) {
-        // No federation yet: nothing can be delivered to remote domains.
+        // A gateway component gets subscriptions for its users; no federation yet otherwise.
+        server.components.deliver(to.domain().as_str(), &stanza);
         return Ok(());
     }
-    let stanza = stamped(kind, from, to, Some(original));
     match kind {
         "subscribe" => inbound_subscribe(server, from, to, stanza).await,
         "subscribed" => inbound_subscribed(server, from, to, stanza).await,

@@ -5,6 +5,7 @@ mod blocking;
 mod bosh;
 mod c2s;
 mod common;
+mod component;
 mod crash;
 mod delivery;
 mod im;
