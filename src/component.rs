@@ -225,6 +225,13 @@ async fn route_from(server: &Server, domain: &str, e: Element) -> Result<(), &'s
     let Some(stanza) = renamespace(&e, NS, ns::CLIENT) else {
         return Err("not-well-formed");
     };
+    if stanza.name() == "iq"
+        && matches!(stanza.attr("type"), Some("result" | "error"))
+        && to.resource().is_none()
+    {
+        // Answers to the server's own requests (e.g. push notifications): nothing to forward.
+        return Ok(());
+    }
     let dom = to.domain().as_str().to_string();
     if server.components.handles(&dom) {
         server.components.deliver(&dom, &stanza);

@@ -222,9 +222,28 @@ pub struct ModulesConfig {
     pub muc: MucModuleConfig,
     pub upload: UploadModuleConfig,
     pub extdisco: ExtDiscoConfig,
+    pub push: PushModuleConfig,
     /// XEP-0157 contact addresses, by kind: "abuse", "admin", "feedback",
     /// "sales", "security", "status", "support" → list of URIs.
     pub contact_addresses: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushModuleConfig {
+    /// Put the message body in notifications (most app servers do not need it).
+    pub include_body: bool,
+    /// Seconds a push-enabled session stays resumable (phones sleep long).
+    pub resume_timeout: u64,
+}
+
+impl Default for PushModuleConfig {
+    fn default() -> Self {
+        Self {
+            include_body: false,
+            resume_timeout: 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -343,6 +362,7 @@ impl Default for ModulesConfig {
             muc: MucModuleConfig::default(),
             upload: UploadModuleConfig::default(),
             extdisco: ExtDiscoConfig::default(),
+            push: PushModuleConfig::default(),
             contact_addresses: Default::default(),
         }
     }

@@ -56,6 +56,8 @@ pub struct SessionShared {
     pub carbons: AtomicBool,
     /// XEP-0115 `ver` of the client's capabilities.
     pub caps: Mutex<Option<String>>,
+    /// XEP-0357 push registrations this session enabled.
+    pub push: Mutex<Vec<crate::storage::PushRegistration>>,
     kill: Notify,
     kill_reason: Mutex<Option<Kill>>,
 }

@@ -16,6 +16,7 @@ pub mod offline;
 pub mod pep;
 pub mod ping;
 pub mod private;
+pub mod push;
 pub mod register;
 pub mod sm;
 pub mod time;
@@ -33,7 +34,7 @@ use std::sync::Arc;
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
     "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
-    "blocking", "muc", "upload", "pep", "private", "extdisco",
+    "blocking", "muc", "upload", "pep", "private", "extdisco", "push",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -90,6 +91,7 @@ impl Modules {
                 "pep" => Arc::new(pep::Pep),
                 "private" => Arc::new(private::Private),
                 "extdisco" => Arc::new(extdisco::ExtDisco),
+                "push" => Arc::new(push::Push),
                 // A component with its own domain: routed by domain, not by IQ namespace.
                 "muc" | "upload" => continue,
                 _ => continue,

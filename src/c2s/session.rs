@@ -120,6 +120,12 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                 }
             }
         }
+        // A device registered for push may sleep long: keep its session longer.
+        let resume_timeout = if handle.shared.push.lock().unwrap().is_empty() {
+            resume_timeout
+        } else {
+            Duration::from_secs(server.config.modules.push.resume_timeout.max(1))
+        };
         let deadline = match (lost_at, &s.ping_id) {
             (Some(t), _) => t + resume_timeout,
             (None, Some(_)) => last_read + ping_interval + ping_timeout,
@@ -150,6 +156,13 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                     }
                 }
                 inflight.clear();
+                if conn.is_none() && server.modules.enabled("push") {
+                    // Hibernated: the device only learns of messages through its push service.
+                    let regs = handle.shared.push.lock().unwrap().clone();
+                    for b in &batch {
+                        crate::xep::push::hibernated_message(&server, &s.bare, &regs, b);
+                    }
+                }
                 let batch = s.csi.filter(batch);
                 server.metrics.stanzas_out.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let mut frames: Vec<Bytes> = Vec::with_capacity(batch.len() + 1);

@@ -147,7 +147,8 @@ async fn deliver_bare(server: &Server, msg: Element, kind: &str, bare: &BareJid)
         return;
     }
     match offline::store(server, bare, &msg).await {
-        offline::Stored::Yes | offline::Stored::NotStorable => {}
+        offline::Stored::Yes => crate::xep::push::offline_message(server, bare, &msg).await,
+        offline::Stored::NotStorable => {}
         offline::Stored::Full => bounce(
             server,
             &msg,

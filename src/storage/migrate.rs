@@ -60,6 +60,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0008_private.sql"),
         postgres: include_str!("../../migrations/postgres/0008_private.sql"),
     },
+    Migration {
+        version: 9,
+        name: "push",
+        sqlite: include_str!("../../migrations/sqlite/0009_push.sql"),
+        postgres: include_str!("../../migrations/postgres/0009_push.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

@@ -349,6 +349,22 @@ pub trait PrivateStore: Send + Sync {
     async fn set_private_xml(&self, owner: &str, namespace: &str, xml: &str) -> Result<()>;
 }
 
+/// XEP-0357 push registration: (service JID, node, publish-options form as XML).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRegistration {
+    pub service: String,
+    pub node: String,
+    pub options: String,
+}
+
+#[async_trait]
+pub trait PushStore: Send + Sync {
+    async fn push_registrations(&self, owner: &str) -> Result<Vec<PushRegistration>>;
+    async fn add_push(&self, owner: &str, reg: &PushRegistration) -> Result<()>;
+    /// Remove one node of a service, or all of its nodes when `node` is None.
+    async fn remove_push(&self, owner: &str, service: &str, node: Option<&str>) -> Result<()>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
@@ -363,6 +379,7 @@ pub struct Storage {
     pub uploads: Arc<dyn UploadStore>,
     pub pep: Arc<dyn PepStore>,
     pub private: Arc<dyn PrivateStore>,
+    pub push: Arc<dyn PushStore>,
     pub backend: &'static str,
 }
 
@@ -383,7 +400,8 @@ impl Storage {
             muc: store.clone(),
             uploads: store.clone(),
             pep: store.clone(),
-            private: store,
+            private: store.clone(),
+            push: store,
         })
     }
 }

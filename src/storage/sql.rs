@@ -180,6 +180,7 @@ impl AccountStore for SqlStore {
                 "DELETE FROM pep_items WHERE owner = $1",
                 "DELETE FROM pep_nodes WHERE owner = $1",
                 "DELETE FROM private_xml WHERE owner = $1",
+                "DELETE FROM push_registrations WHERE owner = $1",
             ] {
                 sqlx::query(sql).bind(jid).execute(&mut *tx).await?;
             }
@@ -789,6 +790,43 @@ impl PrivateStore for SqlStore {
             "INSERT INTO private_xml (owner, namespace, xml) VALUES ($1, $2, $3) \
              ON CONFLICT (owner, namespace) DO UPDATE SET xml = $3")
             .bind(owner).bind(namespace).bind(xml).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl PushStore for SqlStore {
+    async fn push_registrations(&self, owner: &str) -> Result<Vec<PushRegistration>> {
+        let rows: Vec<(String, String, String)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT service, node, options FROM push_registrations WHERE owner = $1 ORDER BY service, node")
+            .bind(owner).fetch_all(p).await?);
+        Ok(rows
+            .into_iter()
+            .map(|r| PushRegistration {
+                service: r.0,
+                node: r.1,
+                options: r.2,
+            })
+            .collect())
+    }
+
+    async fn add_push(&self, owner: &str, r: &PushRegistration) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query(
+            "INSERT INTO push_registrations (owner, service, node, options) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (owner, service, node) DO UPDATE SET options = $4")
+            .bind(owner).bind(&r.service).bind(&r.node).bind(&r.options).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    async fn remove_push(&self, owner: &str, service: &str, node: Option<&str>) -> Result<()> {
+        match node {
+            Some(n) => with_db!(&self.db, p => sqlx::query(
+                "DELETE FROM push_registrations WHERE owner = $1 AND service = $2 AND node = $3")
+                .bind(owner).bind(service).bind(n).execute(p).await.map(|_| ())?),
+            None => with_db!(&self.db, p => sqlx::query(
+                "DELETE FROM push_registrations WHERE owner = $1 AND service = $2")
+                .bind(owner).bind(service).execute(p).await.map(|_| ())?),
+        }
         Ok(())
     }
 }

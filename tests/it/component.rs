@@ -98,3 +98,109 @@ async fn wrong_secret_unknown_domain_and_duplicates_are_refused() {
     let (_second, err) = component(&s, "gateway.localhost", "s3cret").await;
     assert_eq!(err.as_deref(), Some("conflict"));
 }
+
+#[tokio::test]
+async fn push_notifications_reach_the_app_server() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.components.port = 0;
+        c.components.services = vec![xmppd::config::ComponentService {
+            domain: "push.localhost".into(),
+            secret: "p".into(),
+        }];
+    })
+    .await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let (mut app, err) = component(&s, "push.localhost", "p").await;
+    assert_eq!(err, None);
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+
+    // Alice's phone: stream management with resumption, then push.
+    let mut phone = Client::online(s.addr(), "alice", "pw", "phone").await;
+    phone
+        .send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    phone.recv_until(|e| e.name() == "enabled").await;
+    let r = phone
+        .iq("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:push:0' jid='push.localhost' node='device-1'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+             <field var='secret'><value>app-token</value></field></x></enable></iq>")
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+    let r = phone.iq("<iq type='get' id='{id}' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    assert!(xml(&r).contains("urn:xmpp:push:0"));
+    // The phone goes to sleep (connection lost, session hibernates); Bob writes.
+    phone.drop_connection();
+    let jid: jid::FullJid = "alice@localhost/phone".parse().unwrap();
+    bob.send(
+        "<message to='alice@localhost/phone' type='chat' id='b1'><body>wake up</body></message>",
+    )
+    .await;
+    let iq = app.recv_until(|e| e.name() == "iq").await;
+    assert_eq!(iq.attr("from"), Some("alice@localhost"));
+    let x = xml(&iq);
+    assert!(
+        x.contains("node='device-1'") && x.contains("urn:xmpp:push:summary"),
+        "{x}"
+    );
+    assert!(x.contains("bob@localhost/r"), "last sender: {x}");
+    assert!(x.contains("app-token"), "publish-options carried: {x}");
+    assert!(!x.contains("wake up"), "no body unless configured: {x}");
+    assert!(
+        s.running().server.registry.session(&jid).is_some(),
+        "still hibernating, resumable"
+    );
+    // The app server answers; nothing is forwarded to Alice's account.
+    app.send(&format!("<iq xmlns='jabber:component:accept' type='result' id='{}' from='push.localhost' to='alice@localhost'/>", iq.attr("id").unwrap())).await;
+
+    let regs = s
+        .running()
+        .server
+        .storage
+        .push
+        .push_registrations("alice@localhost")
+        .await
+        .unwrap();
+    assert_eq!(regs.len(), 1);
+}
+
+#[tokio::test]
+async fn push_for_offline_accounts_and_disable() {
+    let s = TestServer::start_with(Backend::Sqlite, |c| {
+        c.components.port = 0;
+        c.components.services = vec![xmppd::config::ComponentService {
+            domain: "push.localhost".into(),
+            secret: "p".into(),
+        }];
+    })
+    .await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let (mut app, _) = component(&s, "push.localhost", "p").await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    let mut alice = Client::online(s.addr(), "alice", "pw", "phone").await;
+    alice.iq("<iq type='set' id='{id}'><enable xmlns='urn:xmpp:push:0' jid='push.localhost' node='n2'/></iq>").await;
+    alice.close().await;
+    // Alice has no session at all: the message waits offline and the app server is told.
+    bob.send("<message to='alice@localhost' type='chat' id='o1'><body>while you were away</body></message>").await;
+    let iq = app.recv_until(|e| e.name() == "iq").await;
+    assert!(xml(&iq).contains("node='n2'"), "{}", xml(&iq));
+    // Disabled: no more notifications.
+    let mut alice = Client::online(s.addr(), "alice", "pw", "phone").await;
+    let r = alice.iq("<iq type='set' id='{id}'><disable xmlns='urn:xmpp:push:0' jid='push.localhost' node='n2'/></iq>").await;
+    assert_eq!(r.attr("type"), Some("result"));
+    alice.close().await;
+    bob.send("<message to='alice@localhost' type='chat' id='o2'><body>again</body></message>")
+        .await;
+    bob.sync().await;
+    // The app server's next stanza is our probe, not a notification.
+    bob.send("<message to='probe@push.localhost' id='probe'><body>p</body></message>")
+        .await;
+    let next = app.recv_until(|_| true).await;
+    assert_eq!(
+        next.attr("id"),
+        Some("probe"),
+        "unexpected notification: {}",
+        xml(&next)
+    );
+}
