@@ -209,17 +209,20 @@ impl XmlConn {
         self.write(h.as_bytes()).await
     }
 
-    /// Stream features; over WebSocket the `stream` prefix is declared on them.
+    /// Stream features as `<stream:features>` (the prefix most clients expect);
+    /// element-framed transports declare the prefix on the element itself.
     pub async fn send_features(&mut self, features: &minidom::Element) -> io::Result<()> {
         use crate::xml::ElementExt;
         let bytes = features.to_bytes();
-        if !self.io.is_framed() {
-            return self.write(&bytes).await;
-        }
+        let declare = if self.io.is_framed() {
+            format!(" xmlns:stream='{}'", crate::xml::ns::STREAM)
+        } else {
+            String::new()
+        };
         let text = String::from_utf8_lossy(&bytes)
             .replacen(
                 &format!("<features xmlns='{}'", crate::xml::ns::STREAM),
-                &format!("<stream:features xmlns:stream='{}'", crate::xml::ns::STREAM),
+                &format!("<stream:features{declare}"),
                 1,
             )
             .replace("</features>", "</stream:features>");
