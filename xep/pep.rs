@@ -307,16 +307,12 @@ impl Pep {
         items: &Element,
     ) -> Option<Element> {
         let iq = req.iq;
-        let node_name = items.attr("node")?;
-        let Some(node) = server
-            .storage
-            .pep
-            .pep_node(owner.as_str(), node_name)
-            .await
-            .ok()?
-        else {
-            return error_reply(iq, "item-not-found", None);
+        let node = match named_node(server, iq, owner, items).await {
+            Ok(n) => n,
+            Err(reply) => return reply,
         };
+        let node_name = node.node.clone();
+        let node_name = node_name.as_str();
         let requester = req.from.to_bare();
         if !may_read(server, owner, &node, &requester).await {
             let specific = match node.access_model.as_str() {
@@ -357,16 +353,12 @@ impl Pep {
         r: &Element,
     ) -> Option<Element> {
         let iq = req.iq;
-        let node_name = r.attr("node")?;
-        let Some(node) = server
-            .storage
-            .pep
-            .pep_node(owner.as_str(), node_name)
-            .await
-            .ok()?
-        else {
-            return error_reply(iq, "item-not-found", None);
+        let node = match named_node(server, iq, owner, r).await {
+            Ok(n) => n,
+            Err(reply) => return reply,
         };
+        let node_name = node.node.clone();
+        let node_name = node_name.as_str();
         let Some(id) = r.get_child("item", NS).and_then(|i| i.attr("id")) else {
             return pubsub_error(iq, "bad-request", Some("item-required"));
         };
@@ -398,11 +390,13 @@ impl Pep {
         let iq = req.iq;
         let q = req.payload;
         let action = q.children().next()?;
-        let node_name = action.attr("node")?;
         let store = &server.storage.pep;
-        let Some(mut node) = store.pep_node(owner.as_str(), node_name).await.ok()? else {
-            return error_reply(iq, "item-not-found", None);
+        let mut node = match named_node(server, iq, owner, action).await {
+            Ok(n) => n,
+            Err(reply) => return reply,
         };
+        let node_name = node.node.clone();
+        let node_name = node_name.as_str();
         match (action.name(), iq.attr("type")) {
             ("configure", Some("get")) => {
                 let f = |var: &str, v: &str| {
@@ -461,6 +455,26 @@ impl Pep {
                 Some(iq_result(iq, None))
             }
             _ => error_reply(iq, "feature-not-implemented", None),
+        }
+    }
+}
+
+/// The existing node an action names, or the reply when it names none or an unknown one.
+async fn named_node(
+    server: &Server,
+    iq: &Element,
+    owner: &BareJid,
+    action: &Element,
+) -> Result<PepNode, Option<Element>> {
+    let Some(name) = action.attr("node") else {
+        return Err(pubsub_error(iq, "bad-request", Some("nodeid-required")));
+    };
+    match server.storage.pep.pep_node(owner.as_str(), name).await {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err(error_reply(iq, "item-not-found", None)),
+        Err(e) => {
+            tracing::error!(error = %e, "loading a PEP node failed");
+            Err(error_reply(iq, "internal-server-error", None))
         }
     }
 }
