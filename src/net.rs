@@ -56,14 +56,6 @@ impl Transport {
         conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
             .ok()
     }
-
-    /// The SNI name the client asked for, if any.
-    pub fn sni(&self) -> Option<String> {
-        match self {
-            Transport::Tls(t) => t.get_ref().1.server_name().map(str::to_string),
-            _ => None,
-        }
-    }
 }
 
 fn gone() -> io::Error {

@@ -132,10 +132,6 @@ impl SessionHandle {
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
-
-    pub fn priority(&self) -> Option<i8> {
-        self.shared.available().map(|a| a.priority)
-    }
 }
 
 const SHARDS: usize = 64;

@@ -69,10 +69,6 @@ impl BoshSessions {
             }
         })
     }
-
-    pub fn count(&self) -> usize {
-        self.sessions.lock().unwrap().len()
-    }
 }
 
 fn body(attrs: &str, content: &str) -> Response {

@@ -60,8 +60,6 @@ pub struct XmlConn {
     rate: RateLimit,
     /// Our `<stream:stream>` header went out (a stream error needs one first).
     pub header_sent: bool,
-    /// Bytes read in total, for metrics and tests.
-    pub bytes_in: u64,
 }
 
 impl XmlConn {
@@ -84,7 +82,6 @@ impl XmlConn {
                 last: Instant::now(),
             },
             header_sent: false,
-            bytes_in: 0,
         }
     }
 
@@ -111,7 +108,6 @@ impl XmlConn {
         }
         if let Transport::WebSocket { ws, .. } = &mut self.io {
             let text = read_text(ws).await?;
-            self.bytes_in += text.len() as u64;
             self.rate.tokens -= text.len() as f64;
             let ev = parse_frame(&text, self.max_stanza, self.max_depth).map_err(ConnError::Xml)?;
             self.events.push_back(ev);
@@ -121,7 +117,6 @@ impl XmlConn {
         if n == 0 {
             return Err(ConnError::Eof);
         }
-        self.bytes_in += n as u64;
         self.rate.tokens -= n as f64;
         let mut out = Vec::new();
         let r = self.parser.feed(&self.buf[..n], &mut out);
