@@ -8,7 +8,7 @@ use super::{IqRequest, Module, Target, caps};
 use crate::router::{SessionHandle, to_bytes};
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
-use crate::storage::{PepItem, PepNode};
+use crate::storage::{PepItem, PepNode, RosterItem};
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use async_trait::async_trait;
 use jid::{BareJid, Jid};
@@ -99,12 +99,29 @@ fn satisfies(node: &PepNode, fields: &[(String, String)]) -> bool {
     })
 }
 
-/// May `requester` read `owner`'s node?
-async fn may_read(server: &Server, owner: &BareJid, node: &PepNode, requester: &BareJid) -> bool {
+/// The access model's answer for `requester`, given the owner's roster row for it.
+fn allowed(
+    owner: &BareJid,
+    node: &PepNode,
+    requester: &BareJid,
+    item: Option<&RosterItem>,
+) -> bool {
     if owner == requester || node.access_model == "open" {
         return true;
     }
-    if crate::xep::blocking::blocks(server, owner, &Jid::from(requester.clone())).await {
+    match node.access_model.as_str() {
+        "presence" => item.is_some_and(|i| i.subscription.has_from()),
+        "roster" => item.is_some_and(|i| i.in_roster),
+        _ => node.whitelist.iter().any(|w| w == requester.as_str()),
+    }
+}
+
+/// May `requester` read `owner`'s node? (Blocked entities may not.)
+async fn may_read(server: &Server, owner: &BareJid, node: &PepNode, requester: &BareJid) -> bool {
+    if owner != requester
+        && node.access_model != "open"
+        && crate::xep::blocking::blocks(server, owner, &Jid::from(requester.clone())).await
+    {
         return false;
     }
     let item = server
@@ -114,11 +131,7 @@ async fn may_read(server: &Server, owner: &BareJid, node: &PepNode, requester: &
         .await
         .ok()
         .flatten();
-    match node.access_model.as_str() {
-        "presence" => item.is_some_and(|i| i.subscription.has_from()),
-        "roster" => item.is_some_and(|i| i.in_roster),
-        _ => node.whitelist.iter().any(|w| w == requester.as_str()),
-    }
+    allowed(owner, node, requester, item.as_ref())
 }
 
 fn event_message(owner: &BareJid, to: &str, content: Element) -> Element {
@@ -147,21 +160,36 @@ pub(crate) fn items_element(node: &str, items: &[PepItem]) -> Element {
 
 /// Send an event to every interested session allowed to see `node`.
 pub(crate) async fn notify(server: &Server, owner: &BareJid, node: &PepNode, content: Element) {
-    let mut recipients: Vec<BareJid> = vec![owner.clone()];
+    // The owner, and contacts from the roster (loaded once) or the whitelist,
+    // each with the roster row the access check needs.
+    let (_, roster) = server
+        .storage
+        .roster
+        .roster(owner.as_str())
+        .await
+        .unwrap_or_default();
+    let mut recipients: Vec<(BareJid, Option<&RosterItem>)> = vec![(owner.clone(), None)];
     if node.access_model != "whitelist" {
-        if let Ok((_, roster)) = server.storage.roster.roster(owner.as_str()).await {
-            recipients.extend(
-                roster
-                    .iter()
-                    .filter(|i| i.subscription.has_from())
-                    .filter_map(|i| BareJid::new(&i.contact).ok()),
-            );
-        }
+        recipients.extend(
+            roster
+                .iter()
+                .filter(|i| i.subscription.has_from())
+                .filter_map(|i| BareJid::new(&i.contact).ok().map(|j| (j, Some(i)))),
+        );
     } else {
-        recipients.extend(node.whitelist.iter().filter_map(|w| BareJid::new(w).ok()));
+        recipients.extend(
+            node.whitelist
+                .iter()
+                .filter_map(|w| BareJid::new(w).ok().map(|j| (j, None))),
+        );
     }
-    for r in recipients {
-        if !server.config.serves(r.domain().as_str()) || !may_read(server, owner, node, &r).await {
+    for (r, item) in recipients {
+        if !server.config.serves(r.domain().as_str())
+            || !allowed(owner, node, &r, item)
+            || (r != *owner
+                && node.access_model != "open"
+                && crate::xep::blocking::blocks(server, owner, &Jid::from(r.clone())).await)
+        {
             continue;
         }
         for (h, _) in server.registry.available(&r) {
