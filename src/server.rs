@@ -28,6 +28,8 @@ pub struct Server {
     pub metrics: crate::metrics::Metrics,
     pub bosh: crate::xep::bosh::BoshSessions,
     pub caps: crate::xep::caps::CapsCache,
+    /// XEP-0313 preferences, cached for the message path.
+    pub mam_prefs: crate::xep::mam::PrefsCache,
     pub components: crate::component::Components,
     /// Group-committed archive writes (XEP-0313).
     pub archive_writer: crate::storage::group_commit::ArchiveWriter,
@@ -123,6 +125,7 @@ pub async fn start(config: Config) -> Result<Running> {
         metrics: Default::default(),
         bosh: Default::default(),
         caps: Default::default(),
+        mam_prefs: Default::default(),
         components: Default::default(),
         archive_writer,
         roster_locks: (0..ROSTER_LOCK_STRIPES)

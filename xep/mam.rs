@@ -52,13 +52,43 @@ pub fn archivable_groupchat(msg: &Element) -> bool {
         && (msg.has_child("body", ns::CLIENT) || msg.has_child("store", HINTS))
 }
 
+/// Archiving preferences by account. They change only through the prefs IQ
+/// (which updates this cache), so the message path need not query them.
+#[derive(Default)]
+pub struct PrefsCache {
+    map: std::sync::Mutex<std::collections::HashMap<String, Option<Arc<ArchivePrefs>>>>,
+}
+
+const PREFS_CACHE_MAX: usize = 100_000;
+
+impl PrefsCache {
+    async fn get(&self, server: &Server, owner: &BareJid) -> Option<Arc<ArchivePrefs>> {
+        if let Some(p) = self.map.lock().unwrap().get(owner.as_str()) {
+            return p.clone();
+        }
+        // A storage error is not cached (and means the default, "always").
+        let loaded = server
+            .storage
+            .archive
+            .archive_prefs(owner.as_str())
+            .await
+            .ok()?;
+        let prefs = loaded.map(Arc::new);
+        self.put(owner, prefs.clone());
+        prefs
+    }
+
+    pub fn put(&self, owner: &BareJid, prefs: Option<Arc<ArchivePrefs>>) {
+        let mut m = self.map.lock().unwrap();
+        if m.len() >= PREFS_CACHE_MAX {
+            m.clear();
+        }
+        m.insert(owner.to_string(), prefs);
+    }
+}
+
 async fn wants(server: &Server, owner: &BareJid, with: &BareJid) -> bool {
-    let prefs: Option<ArchivePrefs> = server
-        .storage
-        .archive
-        .archive_prefs(owner.as_str())
-        .await
-        .unwrap_or_default();
+    let prefs = server.mam_prefs.get(server, owner).await;
     let Some(p) = prefs else { return true };
     if p.never.iter().any(|j| j == with.as_str()) {
         return false;
@@ -415,6 +445,7 @@ impl Mam {
             tracing::error!(error = %e, "saving archive prefs failed");
             return error_reply(iq, "internal-server-error", None);
         }
+        server.mam_prefs.put(owner, Some(Arc::new(p.clone())));
         Some(iq_result(iq, Some(render(&p))))
     }
 }

@@ -129,6 +129,8 @@ impl Module for Register {
                     return error_reply(iq, "internal-server-error", None);
                 }
                 tracing::info!(jid = %own, "account removed in-band");
+                // Its archive preferences are gone with it.
+                server.mam_prefs.put(&own, None);
                 // Every session of the account ends; the requester's own queue is
                 // flushed (with this result) before its stream closes.
                 for h in server.registry.sessions(&own) {
