@@ -223,9 +223,25 @@ pub struct ModulesConfig {
     pub upload: UploadModuleConfig,
     pub extdisco: ExtDiscoConfig,
     pub push: PushModuleConfig,
+    pub fast: FastModuleConfig,
     /// XEP-0157 contact addresses, by kind: "abuse", "admin", "feedback",
     /// "sales", "security", "status", "support" → list of URIs.
     pub contact_addresses: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastModuleConfig {
+    /// Seconds a XEP-0484 login token stays valid after it is issued.
+    pub token_lifetime: u64,
+}
+
+impl Default for FastModuleConfig {
+    fn default() -> Self {
+        Self {
+            token_lifetime: 14 * 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -363,6 +379,7 @@ impl Default for ModulesConfig {
             upload: UploadModuleConfig::default(),
             extdisco: ExtDiscoConfig::default(),
             push: PushModuleConfig::default(),
+            fast: FastModuleConfig::default(),
             contact_addresses: Default::default(),
         }
     }

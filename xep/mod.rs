@@ -2,6 +2,7 @@
 //! it answers and the disco features it adds; it is enabled by name in
 //! `[modules] enabled`. Core RFC 6120/6121 behaviour is not a module.
 
+pub mod bind2;
 pub mod blocking;
 pub mod bosh;
 pub mod caps;
@@ -9,6 +10,7 @@ pub mod carbons;
 pub mod csi;
 pub mod disco;
 pub mod extdisco;
+pub mod fast;
 pub mod last;
 pub mod mam;
 pub mod muc;
@@ -18,6 +20,7 @@ pub mod ping;
 pub mod private;
 pub mod push;
 pub mod register;
+pub mod sasl2;
 pub mod sm;
 pub mod time;
 pub mod upload;
@@ -34,7 +37,7 @@ use std::sync::Arc;
 /// Every module name the config accepts (all on by default).
 pub const ALL_MODULES: &[&str] = &[
     "disco", "ping", "version", "time", "vcard", "register", "offline", "last", "carbons", "mam",
-    "blocking", "muc", "upload", "pep", "private", "extdisco", "push",
+    "blocking", "muc", "upload", "pep", "private", "extdisco", "push", "fast",
 ];
 
 /// Who an IQ is addressed to, when the server answers it itself.
@@ -94,6 +97,8 @@ impl Modules {
                 "push" => Arc::new(push::Push),
                 // A component with its own domain: routed by domain, not by IQ namespace.
                 "muc" | "upload" => continue,
+                // Part of SASL2 negotiation (c2s), not an IQ handler.
+                "fast" => continue,
                 _ => continue,
             };
             list.push(m);

@@ -21,6 +21,8 @@ pub struct Resume {
     pub conn: XmlConn,
     /// Stanzas the client says it handled.
     pub h: u32,
+    /// Resumed inside SASL2: answer with this `<success/>` around `<resumed/>`.
+    pub sasl2: Option<crate::xep::sasl2::Success>,
 }
 
 struct Slot {

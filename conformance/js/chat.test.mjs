@@ -18,16 +18,16 @@ test("alice and bob chat both ways", async () => {
   const b = await online(bob, { resource: "js-b", direct: true });
   try {
     for (const [i, body] of BODIES.entries()) {
-      await a.send(xml("message", { to: `${bob.jid}/js-b`, type: "chat", id: `a2b-${i}` }, xml("body", {}, body)));
+      await a.send(xml("message", { to: b.jid.toString(), type: "chat", id: `a2b-${i}` }, xml("body", {}, body)));
       const got = await waitStanza(b, (el) => el.is("message") && el.attrs.id === `a2b-${i}`, `bob: a2b-${i}`);
       assert.equal(got.getChildText("body"), body);
-      assert.equal(got.attrs.from, `${alice.jid}/js-a`, "server must stamp the sender's full JID");
+      assert.equal(got.attrs.from, a.jid.toString(), "server must stamp the sender's full JID");
       assert.equal(got.attrs.type, "chat");
 
       await b.send(xml("message", { to: got.attrs.from, type: "chat", id: `b2a-${i}` }, xml("body", {}, body + " ↩")));
       const back = await waitStanza(a, (el) => el.is("message") && el.attrs.id === `b2a-${i}`, `alice: b2a-${i}`);
       assert.equal(back.getChildText("body"), body + " ↩");
-      assert.equal(back.attrs.from, `${bob.jid}/js-b`);
+      assert.equal(back.attrs.from, b.jid.toString());
     }
   } finally {
     await stopAll(a, b);

@@ -100,8 +100,21 @@ export function waitStanza(xmpp, pred, what = "stanza", ms = TIMEOUT) {
 
 export async function online(account, opts = {}) {
   const xmpp = makeClient(account, opts);
-  await withTimeout(xmpp.start(), `login of ${account.jid}`);
+  await startOnline(xmpp, `login of ${account.jid}`);
   return xmpp;
+}
+
+// xmpp.start(), robust to a race in @xmpp/client 0.14: it listens for the
+// server's stream header only once its own header write has completed, so over
+// direct TLS a fast server's header can arrive first and be missed. With RFC
+// 6120 SASL the post-auth restart hid this; SASL2 has no restart, so start()
+// would wait for its timeout although the session is online. Wait for the
+// 'online' event too (errors still reject through start()).
+export async function startOnline(xmpp, what) {
+  const started = xmpp.start();
+  started.catch(() => {});
+  const isOnline = new Promise((resolve) => xmpp.once("online", resolve));
+  await withTimeout(Promise.race([started, isOnline]), what);
 }
 
 export async function stopAll(...clients) {

@@ -39,6 +39,7 @@ test("roster set, push, get and remove", async () => {
 test("subscription handshake, then presence reaches the subscribed contact", async () => {
   const c = await online(carol, { resource: "js-c" });
   const d = await online(dave, { resource: "js-d" });
+  const dJid = d.jid.toString(); // Bind2: the server picked the resource
   try {
     // Requesting the roster makes each session an "interested resource"
     // (RFC 6121 §2.1.6), which is what receives pushes and subscription approvals.
@@ -58,7 +59,7 @@ test("subscription handshake, then presence reaches the subscribed contact", asy
 
     // dave's presence updates now reach carol.
     await d.send(xml("presence", {}, xml("show", {}, "chat"), xml("status", {}, "from js ✨")));
-    const p = await waitStanza(c, (el) => el.is("presence") && el.attrs.from === `${dave.jid}/js-d`
+    const p = await waitStanza(c, (el) => el.is("presence") && el.attrs.from === dJid
       && el.getChildText("status") === "from js ✨", "carol: dave's presence");
     assert.equal(p.getChildText("show"), "chat");
 
@@ -67,7 +68,7 @@ test("subscription handshake, then presence reaches the subscribed contact", asy
 
     // and dave going offline is seen too.
     await stopAll(d);
-    await waitStanza(c, (el) => el.is("presence") && el.attrs.from === `${dave.jid}/js-d`
+    await waitStanza(c, (el) => el.is("presence") && el.attrs.from === dJid
       && el.attrs.type === "unavailable", "carol: dave unavailable");
   } finally {
     await stopAll(c, d);

@@ -1,8 +1,10 @@
 //! Client-to-server streams (RFC 6120): header and features, STARTTLS, SASL,
-//! resource binding; then the bound session loop in `session`.
+//! resource binding; then the bound session loop in `session`. SASL2 with
+//! Bind2 and FAST (one round trip, no restart) continues in `sasl2`.
 
 pub mod auth_limit;
 pub mod conn;
+mod sasl2;
 pub mod session;
 
 use crate::config::TlsMode;
@@ -119,6 +121,9 @@ async fn run(server: Arc<Server>, mut conn: XmlConn, peer: SocketAddr) {
         domain: server.config.hosts[0].clone(),
         authed: None,
         failures: 0,
+        proto: Proto::Sasl,
+        sasl2: None,
+        sasl2_success: None,
     };
     let login_timeout = Duration::from_secs(server.config.c2s.login_timeout);
     let outcome = match tokio::time::timeout(login_timeout, neg.run(&mut conn)).await {
@@ -148,6 +153,10 @@ async fn run(server: Arc<Server>, mut conn: XmlConn, peer: SocketAddr) {
 pub struct Bound {
     pub handle: SessionHandle,
     pub rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    /// Stream management already enabled (Bind2 inline).
+    pub sm: Option<crate::xep::sm::SmState>,
+    /// Start inactive (XEP-0352 via Bind2 inline).
+    pub inactive: bool,
 }
 
 struct Negotiation {
@@ -156,6 +165,28 @@ struct Negotiation {
     domain: String,
     authed: Option<BareJid>,
     failures: u32,
+    /// Which SASL profile the current attempt uses.
+    proto: Proto,
+    /// The current SASL2 `<authenticate/>`.
+    sasl2: Option<crate::xep::sasl2::Request>,
+    /// SASL2 succeeded: what goes into `<success/>` (written once binding is decided).
+    sasl2_success: Option<crate::xep::sasl2::Success>,
+}
+
+/// RFC 6120 SASL (success restarts the stream) or XEP-0388 SASL2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Sasl,
+    Sasl2,
+}
+
+impl Proto {
+    fn ns(self) -> &'static str {
+        match self {
+            Proto::Sasl => ns::SASL,
+            Proto::Sasl2 => crate::xep::sasl2::NS,
+        }
+    }
 }
 
 enum Sasl {
@@ -173,6 +204,10 @@ impl Negotiation {
             }
             if self.authed.is_none() {
                 self.authenticate(conn).await?;
+                if let Some(success) = self.sasl2_success.take() {
+                    // SASL2: no restart; bind inline or on this stream.
+                    return self.after_sasl2(conn, success).await;
+                }
                 continue;
             }
             return self.bind(conn).await;
@@ -242,6 +277,9 @@ impl Negotiation {
                         .a("type", "tls-exporter")
                         .build())
                     .build());
+            }
+            if conn.io.is_tls() {
+                f = f.c(self.sasl2_feature(conn));
             }
             if self.server.config.registration.open {
                 f = f.c(el("register", ns::REGISTER_FEATURE).build());
@@ -347,6 +385,7 @@ impl Negotiation {
         state: &mut Sasl,
     ) -> Result<bool, Abort> {
         if e.is("auth", ns::SASL) {
+            self.proto = Proto::Sasl;
             let mech = e.attr("mechanism").unwrap_or_default().to_string();
             let data = match decode_sasl_text(&e) {
                 Ok(d) => d,
@@ -354,7 +393,22 @@ impl Negotiation {
             };
             return self.start_mechanism(conn, &mech, data, state).await;
         }
-        if e.is("response", ns::SASL) {
+        if e.is("authenticate", crate::xep::sasl2::NS) && conn.io.is_tls() {
+            self.proto = Proto::Sasl2;
+            *state = Sasl::Idle;
+            let req = match crate::xep::sasl2::Request::parse(&e) {
+                Ok(r) => r,
+                Err(f) => return self.fail(conn, f, None).await.map(|_| false),
+            };
+            let mech = req.mechanism.clone();
+            let data = req.initial_response.clone();
+            self.sasl2 = Some(req);
+            if mech.starts_with("HT-") {
+                return self.fast_auth(conn).await;
+            }
+            return self.start_mechanism(conn, &mech, data, state).await;
+        }
+        if e.is("response", self.proto.ns()) {
             let Sasl::Scram(scram, alg) = std::mem::replace(state, Sasl::Idle) else {
                 return self
                     .fail(conn, SaslFailure::MalformedRequest, None)
@@ -391,10 +445,15 @@ impl Negotiation {
                 Err(f) => self.fail(conn, f, jid.as_ref()).await.map(|_| false),
             };
         }
-        if e.is("abort", ns::SASL) {
+        if e.is("abort", self.proto.ns()) {
             *state = Sasl::Idle;
-            conn.write(format!("<failure xmlns='{}'><aborted/></failure>", ns::SASL).as_bytes())
-                .await?;
+            let failure = match self.proto {
+                Proto::Sasl => {
+                    format!("<failure xmlns='{}'><aborted/></failure>", ns::SASL).into_bytes()
+                }
+                Proto::Sasl2 => crate::xep::sasl2::failure(SaslFailure::Aborted, None),
+            };
+            conn.write(&failure).await?;
             return Ok(false);
         }
         if e.is("iq", ns::CLIENT)
@@ -427,20 +486,16 @@ impl Negotiation {
                 .await
                 .map(|_| false);
         }
-        let penalty = self.server.auth_limiter.penalty(self.peer.ip(), None);
-        if !penalty.is_zero() {
-            tokio::time::sleep(penalty).await;
-        }
+        self.throttle().await;
         if mech == "PLAIN" {
             let Some(data) = data else {
                 // Empty challenge; the client then sends its response.
-                conn.write(format!("<challenge xmlns='{}'>=</challenge>", ns::SASL).as_bytes())
-                    .await?;
+                conn.write(&self.challenge(&[])).await?;
                 let ev = conn.next().await?;
                 let StreamEvent::Stanza(r) = ev else {
                     return Err(Abort::Closed);
                 };
-                if !r.is("response", ns::SASL) {
+                if !r.is("response", self.proto.ns()) {
                     return self
                         .fail(conn, SaslFailure::Aborted, None)
                         .await
@@ -499,15 +554,7 @@ impl Negotiation {
             Ok(s) => s,
             Err(f) => return self.fail(conn, f, None).await.map(|_| false),
         };
-        conn.write(
-            format!(
-                "<challenge xmlns='{}'>{}</challenge>",
-                ns::SASL,
-                B64.encode(server_first)
-            )
-            .as_bytes(),
-        )
-        .await?;
+        conn.write(&self.challenge(&server_first)).await?;
         *state = Sasl::Scram(Box::new(scram), alg);
         Ok(false)
     }
@@ -573,6 +620,16 @@ impl Negotiation {
     ) -> Result<(), Abort> {
         self.server.auth_limiter.success(jid.as_str());
         crate::metrics::Metrics::inc(&self.server.metrics.auth_success);
+        if self.proto == Proto::Sasl2 {
+            // Written with the results of what the request inlined (after_sasl2).
+            tracing::info!(jid = %jid, peer = %self.peer, "authenticated (SASL2)");
+            self.sasl2_success = Some(crate::xep::sasl2::Success {
+                additional_data: data,
+                extra: Vec::new(),
+            });
+            self.authed = Some(jid);
+            return Ok(());
+        }
         let body = data.map(|d| B64.encode(d)).unwrap_or_default();
         conn.write(format!("<success xmlns='{}'>{body}</success>", ns::SASL).as_bytes())
             .await?;
@@ -598,15 +655,16 @@ impl Negotiation {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        conn.write(
-            format!(
+        let failure = match self.proto {
+            Proto::Sasl => format!(
                 "<failure xmlns='{}'><{}/></failure>",
                 ns::SASL,
                 f.condition()
             )
-            .as_bytes(),
-        )
-        .await?;
+            .into_bytes(),
+            Proto::Sasl2 => crate::xep::sasl2::failure(f, None),
+        };
+        conn.write(&failure).await?;
         if self.failures >= self.server.config.limits.auth_attempts_per_stream {
             return Err(Abort::StreamError(
                 "policy-violation",
@@ -647,22 +705,13 @@ impl Negotiation {
                     conn.write(&reply.to_bytes()).await?;
                     continue;
                 };
-                let existing = self.server.registry.sessions(&bare);
-                if existing.len() >= MAX_RESOURCES_PER_ACCOUNT
-                    && !existing.iter().any(|h| h.jid == full)
-                {
+                let Some((handle, rx)) = self.bind_session(&full) else {
                     let reply =
                         stanza::error_reply(&e, "resource-constraint", Some("too many resources"))
                             .expect("iq");
                     conn.write(&reply.to_bytes()).await?;
                     continue;
-                }
-                let (handle, rx) =
-                    SessionHandle::new(full.clone(), self.server.config.limits.outbound_queue);
-                if let Some(old) = self.server.registry.bind(handle.clone()) {
-                    tracing::info!(jid = %full, "resource conflict: replacing the older session");
-                    old.kill(Kill::Conflict);
-                }
+                };
                 let payload = el("bind", ns::BIND)
                     .c(el("jid", ns::BIND).t(full.as_str()).build())
                     .build();
@@ -671,7 +720,12 @@ impl Negotiation {
                 reply.unset("from");
                 conn.write(&reply.to_bytes()).await?;
                 tracing::info!(jid = %full, "bound");
-                return Ok(Bound { handle, rx });
+                return Ok(Bound {
+                    handle,
+                    rx,
+                    sm: None,
+                    inactive: false,
+                });
             }
             if e.attr("type") == Some("set") && child.is_some_and(|c| c.is("session", ns::SESSION))
             {
@@ -689,6 +743,49 @@ impl Negotiation {
 }
 
 impl Negotiation {
+    /// Register a session for `full`, replacing one with the same resource;
+    /// `None` when the account has too many resources already.
+    fn bind_session(
+        &self,
+        full: &FullJid,
+    ) -> Option<(SessionHandle, tokio::sync::mpsc::Receiver<bytes::Bytes>)> {
+        let existing = self.server.registry.sessions(&full.to_bare());
+        if existing.len() >= MAX_RESOURCES_PER_ACCOUNT && !existing.iter().any(|h| &h.jid == full) {
+            return None;
+        }
+        let (handle, rx) =
+            SessionHandle::new(full.clone(), self.server.config.limits.outbound_queue);
+        if let Some(old) = self.server.registry.bind(handle.clone()) {
+            tracing::info!(jid = %full, "resource conflict: replacing the older session");
+            old.kill(Kill::Conflict);
+        }
+        Some((handle, rx))
+    }
+
+    /// Before checking credentials: wait out this address's failure penalty.
+    async fn throttle(&self) {
+        let penalty = self.server.auth_limiter.penalty(self.peer.ip(), None);
+        if !penalty.is_zero() {
+            tokio::time::sleep(penalty).await;
+        }
+    }
+
+    /// A SASL challenge in the current profile's namespace.
+    fn challenge(&self, data: &[u8]) -> Vec<u8> {
+        if data.is_empty() {
+            return format!("<challenge xmlns='{}'>=</challenge>", self.proto.ns()).into_bytes();
+        }
+        match self.proto {
+            Proto::Sasl => format!(
+                "<challenge xmlns='{}'>{}</challenge>",
+                ns::SASL,
+                B64.encode(data)
+            )
+            .into_bytes(),
+            Proto::Sasl2 => crate::xep::sasl2::challenge(data),
+        }
+    }
+
     /// XEP-0198 `<resume/>` instead of bind: hand this connection to the
     /// hibernated session. Returns only when resumption failed (the client may bind).
     async fn resume(
@@ -706,11 +803,15 @@ impl Negotiation {
             conn,
             XmlConn::new(Transport::Gone, &self.server.config.limits),
         );
-        match self
-            .server
-            .resumptions
-            .take_over(previd, bare, Resume { conn: taken, h })
-        {
+        match self.server.resumptions.take_over(
+            previd,
+            bare,
+            Resume {
+                conn: taken,
+                h,
+                sasl2: None,
+            },
+        ) {
             Ok(jid) => {
                 tracing::info!(jid = %jid, "resuming stream");
                 Err(Abort::Resumed)

@@ -84,7 +84,12 @@ async fn resumption(rx: &mut Option<mpsc::Receiver<Resume>>) -> Option<Resume> {
 }
 
 pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
-    let Bound { handle, mut rx } = bound;
+    let Bound {
+        handle,
+        mut rx,
+        sm,
+        inactive,
+    } = bound;
     let mut s = Session {
         jid: handle.jid.clone(),
         bare: handle.jid.to_bare(),
@@ -92,10 +97,14 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
         handle: handle.clone(),
         presence: PresenceState::default(),
         ping_id: None,
-        sm: None,
-        resume_rx: None,
+        resume_rx: sm
+            .as_ref()
+            .and_then(|sm| sm.id.as_deref())
+            .map(|id| server.resumptions.register(id, handle.jid.clone())),
+        sm,
         csi: Csi::default(),
     };
+    s.csi.inactive = inactive;
     let ping_interval = Duration::from_secs(server.config.c2s.ping_interval.max(1));
     let ping_timeout = Duration::from_secs(server.config.c2s.ping_timeout.max(1));
     let resume_timeout = Duration::from_secs(server.config.c2s.resume_timeout.max(1));
@@ -266,7 +275,7 @@ impl Session {
 
     /// A new connection resumes this session: ack, answer, resend the unacked.
     async fn resume(&mut self, r: Resume) -> Option<XmlConn> {
-        let Resume { mut conn, h } = r;
+        let Resume { mut conn, h, sasl2 } = r;
         let sm = self.sm.as_mut()?;
         let id = sm.id.clone().unwrap_or_default();
         if let Err(AckError::TooHigh { h, sent }) = sm.ack(h) {
@@ -278,12 +287,18 @@ impl Session {
             .await;
             return None;
         }
-        let resumed = format!(
+        let mut resumed = format!(
             "<resumed xmlns='{}' previd='{}' h='{}'/>",
             sm::NS,
             id,
             sm.h_in
         );
+        if let Some(success) = sasl2 {
+            // XEP-0198 inside SASL2: `<resumed/>` is one of the success results.
+            let r: Element = resumed.parse().expect("well-formed");
+            resumed = String::from_utf8(success.to_element(self.jid.as_str(), vec![r]).to_bytes())
+                .expect("utf-8");
+        }
         let mut frames: Vec<&[u8]> = vec![resumed.as_bytes()];
         frames.extend(sm.unacked.iter().map(|b| &b[..]));
         sm.requested = !sm.unacked.is_empty();

@@ -4,6 +4,7 @@
 //! Accounts store only SCRAM keys (salt, iterations, StoredKey, ServerKey) for
 //! both hashes; PLAIN verifies by deriving the same keys from the password.
 
+pub mod ht;
 pub mod scram;
 
 pub use scram::{HashAlg, ScramCredentials, ScramServer};

@@ -66,6 +66,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0009_push.sql"),
         postgres: include_str!("../../migrations/postgres/0009_push.sql"),
     },
+    Migration {
+        version: 10,
+        name: "fast",
+        sqlite: include_str!("../../migrations/sqlite/0010_fast.sql"),
+        postgres: include_str!("../../migrations/postgres/0010_fast.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

@@ -365,6 +365,36 @@ pub trait PushStore: Send + Sync {
     async fn remove_push(&self, owner: &str, service: &str, node: Option<&str>) -> Result<()>;
 }
 
+/// XEP-0484 FAST token of one client of an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastToken {
+    pub token: String,
+    pub mechanism: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// Highest replay counter the client sent with it.
+    pub counter: i64,
+}
+
+#[async_trait]
+pub trait FastStore: Send + Sync {
+    /// The tokens of one client (`agent`: its XEP-0388 user-agent id).
+    async fn fast_tokens(&self, owner: &str, agent: &str) -> Result<Vec<FastToken>>;
+    /// Store a new token, dropping the client's others except `keep`.
+    async fn add_fast_token(
+        &self,
+        owner: &str,
+        agent: &str,
+        token: &FastToken,
+        keep: Option<&str>,
+    ) -> Result<()>;
+    /// A login used `token`: record its counter and drop the client's other tokens
+    /// (the one it was rotated from, or one it never received).
+    async fn used_fast_token(&self, owner: &str, agent: &str, token: &FastToken) -> Result<()>;
+    /// Forget one client's tokens, or every client's when `agent` is None.
+    async fn delete_fast_tokens(&self, owner: &str, agent: Option<&str>) -> Result<()>;
+}
+
 /// All stores, as the server uses them.
 #[derive(Clone)]
 pub struct Storage {
@@ -380,6 +410,7 @@ pub struct Storage {
     pub pep: Arc<dyn PepStore>,
     pub private: Arc<dyn PrivateStore>,
     pub push: Arc<dyn PushStore>,
+    pub fast: Arc<dyn FastStore>,
     pub backend: &'static str,
 }
 
@@ -401,7 +432,8 @@ impl Storage {
             uploads: store.clone(),
             pep: store.clone(),
             private: store.clone(),
-            push: store,
+            push: store.clone(),
+            fast: store,
         })
     }
 }

@@ -149,6 +149,9 @@ impl AccountStore for SqlStore {
         const SQL: &str = "UPDATE accounts SET sha1_salt = $2, sha1_iterations = $3, sha1_stored_key = $4, \
              sha1_server_key = $5, sha256_salt = $6, sha256_iterations = $7, sha256_stored_key = $8, \
              sha256_server_key = $9 WHERE jid = $1";
+        // A new password ends every token login issued under the old one.
+        with_db!(&self.db, p => sqlx::query("DELETE FROM fast_tokens WHERE owner = $1")
+            .bind(jid).execute(p).await.map(|_| ())?);
         let n = with_db!(&self.db, p => sqlx::query(SQL)
             .bind(jid)
             .bind(&c.sha1.salt)
@@ -181,6 +184,7 @@ impl AccountStore for SqlStore {
                 "DELETE FROM pep_nodes WHERE owner = $1",
                 "DELETE FROM private_xml WHERE owner = $1",
                 "DELETE FROM push_registrations WHERE owner = $1",
+                "DELETE FROM fast_tokens WHERE owner = $1",
             ] {
                 sqlx::query(sql).bind(jid).execute(&mut *tx).await?;
             }
@@ -826,6 +830,72 @@ impl PushStore for SqlStore {
             None => with_db!(&self.db, p => sqlx::query(
                 "DELETE FROM push_registrations WHERE owner = $1 AND service = $2")
                 .bind(owner).bind(service).execute(p).await.map(|_| ())?),
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FastStore for SqlStore {
+    async fn fast_tokens(&self, owner: &str, agent: &str) -> Result<Vec<FastToken>> {
+        let rows: Vec<(String, String, i64, i64, i64)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT token, mechanism, created_at, expires_at, counter FROM fast_tokens \
+             WHERE owner = $1 AND agent = $2 ORDER BY created_at DESC")
+            .bind(owner).bind(agent).fetch_all(p).await?);
+        Ok(rows
+            .into_iter()
+            .map(|r| FastToken {
+                token: r.0,
+                mechanism: r.1,
+                created_at: r.2,
+                expires_at: r.3,
+                counter: r.4,
+            })
+            .collect())
+    }
+
+    async fn add_fast_token(
+        &self,
+        owner: &str,
+        agent: &str,
+        t: &FastToken,
+        keep: Option<&str>,
+    ) -> Result<()> {
+        with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM fast_tokens WHERE owner = $1 AND agent = $2 AND token <> $3")
+                .bind(owner).bind(agent).bind(keep.unwrap_or("")).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO fast_tokens (owner, agent, token, mechanism, created_at, expires_at, counter) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                .bind(owner).bind(agent).bind(&t.token).bind(&t.mechanism)
+                .bind(t.created_at).bind(t.expires_at).bind(t.counter)
+                .execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn used_fast_token(&self, owner: &str, agent: &str, t: &FastToken) -> Result<()> {
+        with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("UPDATE fast_tokens SET counter = $4 WHERE owner = $1 AND agent = $2 AND token = $3")
+                .bind(owner).bind(agent).bind(&t.token).bind(t.counter).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM fast_tokens WHERE owner = $1 AND agent = $2 AND token <> $3")
+                .bind(owner).bind(agent).bind(&t.token).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    async fn delete_fast_tokens(&self, owner: &str, agent: Option<&str>) -> Result<()> {
+        match agent {
+            Some(a) => with_db!(&self.db, p => sqlx::query(
+                "DELETE FROM fast_tokens WHERE owner = $1 AND agent = $2")
+                .bind(owner).bind(a).execute(p).await.map(|_| ())?),
+            None => with_db!(&self.db, p => sqlx::query(
+                "DELETE FROM fast_tokens WHERE owner = $1")
+                .bind(owner).execute(p).await.map(|_| ())?),
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ mod im;
 mod mam;
 mod muc;
 mod pep;
+mod sasl2;
 mod sm;
 mod storage;
 mod upload;
