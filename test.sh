@@ -36,5 +36,14 @@ if [ -x conformance/browser/run.sh ]; then
   step "browser: Converse.js in headless Chromium over WebSocket, with upload"
   XMPPD_BIN="$PWD/target/debug/xmppd" conformance/browser/run.sh
 fi
+if [ "${SKIP_FEDERATION:-0}" != 1 ]; then
+  step "federation: xmppd with real Prosody and ejabberd over s2s (installs them when missing)"
+  trap 'conformance/federation/peers.sh stop >/dev/null 2>&1 || true' EXIT
+  conformance/federation/peers.sh start
+  XMPPD_BIN="$PWD/target/debug/xmppd" FED_AUTOSTART=0 \
+    conformance/.venv/bin/pytest -q -p no:cacheprovider conformance/federation
+  conformance/federation/peers.sh stop
+  trap - EXIT
+fi
 echo
 echo "all tests passed"

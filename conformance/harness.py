@@ -294,6 +294,9 @@ class XmppdServer(Server):
             "registration": {"open": self.registration_open},
             "limits": {"max_stanza_bytes": self.max_stanza_bytes},
         }
+        if "s2s" not in self.extra_config and self._accepts("[s2s]\nenabled = false"):
+            # No federation in these runs (and no port 5269 to collide on).
+            tables["s2s"] = {"enabled": False}
         for name, opts in self.extra_config.items():
             tables.setdefault(name, {}).update(opts)
         lines = [

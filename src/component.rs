@@ -45,7 +45,7 @@ impl Components {
 }
 
 /// The same stanza in another default namespace (client ↔ component streams).
-fn renamespace(e: &Element, from: &str, to: &str) -> Option<Element> {
+pub(crate) fn renamespace(e: &Element, from: &str, to: &str) -> Option<Element> {
     if e.ns() != from {
         return Some(e.clone());
     }

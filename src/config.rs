@@ -24,6 +24,41 @@ pub struct Config {
     pub modules: ModulesConfig,
     pub http: HttpConfig,
     pub components: ComponentsConfig,
+    pub s2s: S2sConfig,
+}
+
+/// Federation: server-to-server streams (RFC 6120, XEP-0220 dialback).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// Accept and open server-to-server streams.
+    pub enabled: bool,
+    /// Where other servers connect (RFC 6120: port 5269).
+    pub address: String,
+    pub port: u16,
+    /// Static routes, skipping DNS: remote domain → "host:port".
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// Seconds to set up a stream (connect, TLS, authentication) before
+    /// queued stanzas bounce with `remote-server-timeout`.
+    pub connect_timeout: u64,
+    /// Seconds without traffic before a stream is closed.
+    pub idle_timeout: u64,
+    /// Stanzas queued per remote domain; beyond it senders get an error.
+    pub queue: usize,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: "0.0.0.0".into(),
+            port: 5269,
+            routes: Default::default(),
+            connect_timeout: 20,
+            idle_timeout: 600,
+            queue: 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +453,7 @@ impl Default for Config {
             modules: ModulesConfig::default(),
             http: HttpConfig::default(),
             components: ComponentsConfig::default(),
+            s2s: S2sConfig::default(),
         }
     }
 }

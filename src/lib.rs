@@ -8,6 +8,7 @@ pub mod im;
 pub mod metrics;
 pub mod net;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod server;
 pub mod stanza;

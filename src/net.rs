@@ -10,6 +10,8 @@ use tokio_rustls::server::TlsStream;
 pub enum Transport {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Our side of an outgoing server-to-server stream, after STARTTLS.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// XMPP over WebSocket (RFC 7395): one element per text message. `secure`
     /// when the HTTP connection is TLS (or loopback, for local development).
     WebSocket {
@@ -31,7 +33,7 @@ impl Transport {
     /// Encrypted (or otherwise trusted) enough for authentication.
     pub fn is_tls(&self) -> bool {
         match self {
-            Transport::Tls(_) => true,
+            Transport::Tls(_) | Transport::TlsClient(_) => true,
             Transport::WebSocket { secure, .. } | Transport::Bosh { secure, .. } => *secure,
             _ => false,
         }
@@ -71,6 +73,7 @@ impl AsyncRead for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
                 Poll::Ready(Err(gone()))
             }
@@ -87,6 +90,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
                 Poll::Ready(Err(gone()))
             }
@@ -96,6 +100,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
                 Poll::Ready(Err(gone()))
             }
@@ -105,6 +110,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
                 Poll::Ready(Ok(()))
             }
@@ -118,6 +124,7 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::TlsClient(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => {
                 Poll::Ready(Err(gone()))
             }
@@ -127,6 +134,7 @@ impl AsyncWrite for Transport {
         match self {
             Transport::Plain(s) => s.is_write_vectored(),
             Transport::Tls(s) => s.is_write_vectored(),
+            Transport::TlsClient(s) => s.is_write_vectored(),
             Transport::Gone | Transport::WebSocket { .. } | Transport::Bosh { .. } => false,
         }
     }

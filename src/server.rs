@@ -31,6 +31,8 @@ pub struct Server {
     /// XEP-0313 preferences, cached for the message path.
     pub mam_prefs: crate::xep::mam::PrefsCache,
     pub components: crate::component::Components,
+    /// Federation: outgoing links and the dialback secret.
+    pub s2s: crate::s2s::S2s,
     /// Group-committed archive writes (XEP-0313).
     pub archive_writer: crate::storage::group_commit::ArchiveWriter,
     /// Serialises read-modify-write of each account's roster rows.
@@ -60,6 +62,8 @@ pub struct Running {
     pub http_listeners: Vec<(bool, SocketAddr)>,
     /// Where external components connect (XEP-0114), when any are configured.
     pub component_listener: Option<SocketAddr>,
+    /// Where other servers connect, when federation is on.
+    pub s2s_listener: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Writers that must finish (not be aborted) on shutdown.
@@ -127,6 +131,7 @@ pub async fn start(config: Config) -> Result<Running> {
         caps: Default::default(),
         mam_prefs: Default::default(),
         components: Default::default(),
+        s2s: Default::default(),
         archive_writer,
         roster_locks: (0..ROSTER_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
@@ -224,11 +229,42 @@ pub async fn start(config: Config) -> Result<Running> {
             rx.clone(),
         )));
     }
+    let mut s2s_listener = None;
+    if server.config.s2s.enabled {
+        server.s2s.init(&server);
+        let c = &server.config.s2s;
+        let addr = format!("{}:{}", c.address, c.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("s2s listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        tracing::info!(address = %local, "s2s listening");
+        s2s_listener = Some(local);
+        let srv = server.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((tcp, peer)) => {
+                        let Some(guard) = ConnectionGuard::new(&srv, peer.ip()) else {
+                            continue;
+                        };
+                        let srv = srv.clone();
+                        tokio::spawn(async move {
+                            crate::s2s::serve(srv, tcp, peer).await;
+                            drop(guard);
+                        });
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                }
+            }
+        }));
+    }
     Ok(Running {
         server,
         listeners,
         http_listeners,
         component_listener,
+        s2s_listener,
         shutdown: tx,
         tasks,
         drain,

@@ -73,6 +73,8 @@ pub trait Module: Send + Sync {
 pub struct Modules {
     list: Vec<Arc<dyn Module>>,
     by_ns: HashMap<&'static str, Arc<dyn Module>>,
+    /// XEP-0153 avatar hashes, read by presence broadcast (state of the vcard module).
+    pub avatars: vcard::AvatarCache,
 }
 
 impl Modules {
@@ -109,7 +111,11 @@ impl Modules {
                 by_ns.insert(*ns, m.clone());
             }
         }
-        Modules { list, by_ns }
+        Modules {
+            list,
+            by_ns,
+            avatars: Default::default(),
+        }
     }
 
     pub async fn handle_iq(&self, server: &Arc<Server>, req: &IqRequest<'_>) -> Option<Element> {
@@ -119,6 +125,11 @@ impl Modules {
 
     pub fn features(&self, target: &Target) -> Vec<&'static str> {
         let mut f: Vec<&'static str> = self.list.iter().flat_map(|m| m.features(target)).collect();
+        // XEP-0398 needs both ends of the conversion.
+        if matches!(target, Target::Account { .. }) && self.enabled("vcard") && self.enabled("pep")
+        {
+            f.push(vcard::CONVERSION);
+        }
         f.sort_unstable();
         f.dedup();
         f

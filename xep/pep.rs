@@ -3,8 +3,10 @@
 //! set their configuration and are checked as preconditions afterwards);
 //! items persist; notifications go to the owner's resources and to contacts
 //! allowed by the node's access model, filtered by XEP-0115 `+notify`.
+//! Changes to the XEP-0084 avatar metadata node are mirrored into the vCard
+//! (XEP-0398, in vcard.rs).
 
-use super::{IqRequest, Module, Target, caps};
+use super::{IqRequest, Module, Target, caps, vcard};
 use crate::router::{SessionHandle, to_bytes};
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
@@ -204,6 +206,36 @@ pub(crate) async fn notify(server: &Server, owner: &BareJid, node: &PepNode, con
     }
 }
 
+/// Publish an item as the owner, creating the node with the defaults when new,
+/// and notify: for items the server writes on the owner's behalf (XEP-0398).
+pub(crate) async fn publish_item(
+    server: &Server,
+    owner: &BareJid,
+    node_name: &str,
+    item: PepItem,
+) -> crate::storage::Result<()> {
+    let store = &server.storage.pep;
+    let node = match store.pep_node(owner.as_str(), node_name).await? {
+        Some(n) => n,
+        None => {
+            let n = default_node(node_name);
+            store.put_pep_node(owner.as_str(), &n).await?;
+            n
+        }
+    };
+    store
+        .publish_pep_item(owner.as_str(), node_name, &item, node.max_items)
+        .await?;
+    notify(
+        server,
+        owner,
+        &node,
+        items_element(node_name, std::slice::from_ref(&item)),
+    )
+    .await;
+    Ok(())
+}
+
 /// XEP-0163 §6: a session that just came online (or whose caps became known)
 /// gets the last item of every node it wants, from itself and its contacts.
 pub async fn send_last_items(server: &Server, h: &SessionHandle) {
@@ -318,6 +350,9 @@ impl Pep {
             items_element(node_name, std::slice::from_ref(&stored)),
         )
         .await;
+        if node_name == vcard::AVATAR_METADATA {
+            vcard::pep_to_vcard(server, owner).await;
+        }
         let answer = el("pubsub", NS)
             .c(el("publish", NS)
                 .a("node", node_name)
@@ -406,6 +441,9 @@ impl Pep {
                 .build();
             notify(server, owner, &node, content).await;
         }
+        if node_name == vcard::AVATAR_METADATA {
+            vcard::pep_to_vcard(server, owner).await;
+        }
         Some(iq_result(iq, None))
     }
 
@@ -480,6 +518,9 @@ impl Pep {
                     el("delete", NS_EVENT).a("node", node_name).build(),
                 )
                 .await;
+                if node_name == vcard::AVATAR_METADATA {
+                    vcard::pep_to_vcard(server, owner).await;
+                }
                 Some(iq_result(iq, None))
             }
             _ => error_reply(iq, "feature-not-implemented", None),

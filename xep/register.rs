@@ -129,8 +129,9 @@ impl Module for Register {
                     return error_reply(iq, "internal-server-error", None);
                 }
                 tracing::info!(jid = %own, "account removed in-band");
-                // Its archive preferences are gone with it.
+                // Its archive preferences and avatar are gone with it.
                 server.mam_prefs.put(&own, None);
+                server.modules.avatars.forget(&own);
                 // Every session of the account ends; the requester's own queue is
                 // flushed (with this result) before its stream closes.
                 for h in server.registry.sessions(&own) {

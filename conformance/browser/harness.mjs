@@ -91,6 +91,9 @@ async function startXmppdOnce({ bin, users, logFile }) {
       `listeners = [{ address = "127.0.0.1", port = ${httpPort}, tls = false }]`,
       `public_url = ${JSON.stringify(publicUrl)}`,
       "",
+      "[s2s]",
+      "enabled = false",
+      "",
     ].join("\n"),
   );
   const cli = (...args) => {

@@ -614,9 +614,7 @@ impl Session {
                 own: true,
             },
             Some(j) if !server.config.serves(j.domain().as_str()) => {
-                if request {
-                    self.reply_error(&iq, "remote-server-not-found", None);
-                }
+                crate::s2s::send(&server, iq);
                 return;
             }
             Some(j) if j.node().is_none() && j.resource().is_none() => {

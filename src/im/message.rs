@@ -45,8 +45,7 @@ pub async fn route(server: &Server, msg: Element, to: Jid) {
     let kind = msg.attr("type").unwrap_or("normal").to_string();
     let kind = kind.as_str();
     if !server.config.serves(to.domain().as_str()) {
-        // Federation is not there yet.
-        bounce(server, &msg, "remote-server-not-found", None);
+        crate::s2s::send(server, msg);
         return;
     }
     if to.node().is_none() {

@@ -29,6 +29,10 @@ pub fn to_jid(server: &Server, to: &Jid, el: &Element) -> usize {
     if server.components.deliver(to.domain().as_str(), el) {
         return 1;
     }
+    if crate::s2s::is_remote(server, to.domain().as_str()) {
+        crate::s2s::send(server, el.clone());
+        return 1;
+    }
     if server.muc.handles(to.domain().as_str()) {
         server.muc.handle(server, el.clone());
         return 1;
@@ -39,6 +43,15 @@ pub fn to_jid(server: &Server, to: &Jid, el: &Element) -> usize {
             None => 0,
         },
         Err(bare) => to_available(server, bare, el),
+    }
+}
+
+/// Presence for a contact: its available resources here, or its server.
+pub fn to_contact(server: &Server, contact: &BareJid, el: &Element) {
+    if crate::s2s::is_remote(server, contact.domain().as_str()) {
+        crate::s2s::send(server, el.clone());
+    } else if server.config.serves(contact.domain().as_str()) {
+        to_available(server, contact, el);
     }
 }
 

@@ -30,11 +30,15 @@ pub async fn outbound(
     server: &Server,
     h: &SessionHandle,
     st: &mut PresenceState,
-    p: Element,
+    mut p: Element,
     to: Option<Jid>,
 ) -> Result<()> {
     let kind = p.attr("type").unwrap_or("available").to_string();
     let user = h.jid.to_bare();
+    if kind == "available" {
+        // XEP-0153 avatar hash, for broadcast and directed presence (MUC joins) alike.
+        crate::xep::vcard::stamp_presence(server, &user, &mut p).await;
+    }
     match (to, kind.as_str()) {
         (None, "available") => broadcast_available(server, h, p).await,
         (None, "unavailable") => broadcast_unavailable(server, h, st, Some(p)).await,
@@ -127,6 +131,15 @@ async fn broadcast_available(server: &Server, h: &SessionHandle, mut p: Element)
 /// Answer a probe from `h`'s user for `contact` with the contact's presence.
 async fn probe(server: &Server, h: &SessionHandle, contact: &BareJid) -> Result<()> {
     if !server.config.serves(contact.domain().as_str()) {
+        if crate::s2s::is_remote(server, contact.domain().as_str()) {
+            // RFC 6121 §4.3: the contact's server answers with its presence.
+            let p = el("presence", ns::CLIENT)
+                .a("type", "probe")
+                .a("from", h.jid.to_bare().as_str())
+                .a("to", contact.as_str())
+                .build();
+            crate::s2s::send(server, p);
+        }
         return Ok(());
     }
     let user = h.jid.to_bare();
@@ -219,6 +232,7 @@ async fn directed(
     }
     let domain = to.domain().as_str();
     if server.components.handles(domain)
+        || crate::s2s::is_remote(server, domain)
         || ((server.config.serves(domain) || server.muc.handles(domain)) && to.node().is_some())
     {
         to_jid(server, &to, &p);
@@ -226,7 +240,5 @@ async fn directed(
 }
 
 fn deliver_local(server: &Server, contact: &BareJid, p: &Element) {
-    if server.config.serves(contact.domain().as_str()) {
-        to_available(server, contact, p);
-    }
+    crate::im::to_contact(server, contact, p);
 }

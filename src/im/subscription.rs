@@ -175,8 +175,10 @@ async fn route(
 ) -> Result<()> {
     let stanza = stamped(kind, from, to, Some(original));
     if !is_local(server, to) {
-        // A gateway component gets subscriptions for its users; no federation yet otherwise.
-        server.components.deliver(to.domain().as_str(), &stanza);
+        // A gateway component gets subscriptions for its users; other domains by s2s.
+        if !server.components.deliver(to.domain().as_str(), &stanza) {
+            crate::s2s::send(server, stanza);
+        }
         return Ok(());
     }
     match kind {
@@ -198,7 +200,8 @@ pub async fn inbound_subscribe(
     if !server.storage.accounts.account_exists(to.as_str()).await? {
         // RFC 6121 §3.1.3: no such user, the request is refused.
         let reply = stamped("unsubscribed", to, from, None);
-        return inbound_unsubscribed(server, to, from, reply).await;
+        // Boxed: route() may come back here for a local contact.
+        return Box::pin(route(server, to, "unsubscribed", from, &reply)).await;
     }
     let status = stanza.get_child("status", ns::CLIENT).map(|s| s.text());
     let (before, _) = update(server, to, from, |it| {
@@ -219,7 +222,7 @@ pub async fn inbound_subscribe(
     if before.subscription.has_from() || before.approved {
         // Already subscribed, or pre-approved: answered on the contact's behalf.
         let reply = stamped("subscribed", to, from, None);
-        inbound_subscribed(server, to, from, reply).await?;
+        Box::pin(route(server, to, "subscribed", from, &reply)).await?;
         if before.approved {
             send_current_presence(server, to, from);
         }
@@ -299,28 +302,22 @@ pub async fn inbound_unsubscribed(
 
 /// Send `user`'s current presence (every available resource) to `contact`.
 pub fn send_current_presence(server: &Server, user: &BareJid, contact: &BareJid) {
-    if !is_local(server, contact) {
-        return;
-    }
     for (_, avail) in server.registry.available(user) {
         let mut p = avail.stanza.clone();
         p.set("to", contact.as_str());
-        to_available(server, contact, &p);
+        crate::im::to_contact(server, contact, &p);
     }
 }
 
 /// Tell `contact` that every resource of `user` is gone (subscription ended).
 pub fn send_unavailable(server: &Server, user: &BareJid, contact: &BareJid) {
-    if !is_local(server, contact) {
-        return;
-    }
     for (h, _) in server.registry.available(user) {
         let p = el("presence", ns::CLIENT)
             .a("type", "unavailable")
             .a("from", h.jid.as_str())
             .a("to", contact.as_str())
             .build();
-        to_available(server, contact, &p);
+        crate::im::to_contact(server, contact, &p);
     }
 }
 

@@ -104,6 +104,9 @@ impl TestServer {
             port: 0,
             tls: false,
         }];
+        // Federation listens on a free port (5269 may be taken by a real server).
+        config.s2s.address = "127.0.0.1".into();
+        config.s2s.port = 0;
         tweak(&mut config);
         let running = xmppd::start(config.clone()).await.expect("server starts");
         TestServer {

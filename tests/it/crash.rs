@@ -16,7 +16,7 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
         &cfg,
         format!(
             "hosts = [\"localhost\"]\ndata_dir = \"{d}\"\n[storage]\nurl = \"sqlite://{d}/xmppd.db\"\n\
-             [[listeners]]\naddress = \"127.0.0.1\"\nport = 0\ntls = \"starttls\"\n[http]\nlisteners = []\n",
+             [[listeners]]\naddress = \"127.0.0.1\"\nport = 0\ntls = \"starttls\"\n[http]\nlisteners = []\n[s2s]\nenabled = false\n",
             d = dir.display()
         ),
     )

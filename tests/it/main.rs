@@ -1,6 +1,7 @@
 //! Integration tests: the server runs in-process on free ports and the tests
 //! speak XMPP to it over real sockets. One binary keeps link time low.
 
+mod avatar;
 mod blocking;
 mod bosh;
 mod c2s;

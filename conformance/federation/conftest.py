@@ -1,0 +1,174 @@
+"""Federation tests: Prosody and ejabberd run by peers.sh, their logs attached to
+failing tests.
+
+The `peers` fixture uses peers that already run (`peers.sh start` beforehand), or
+starts them and stops them again at the end of the session (FED_AUTOSTART=0:
+fail instead; FED_KEEP_PEERS=1: leave the ones it started running).  The main
+conformance run does not collect this directory (norecursedirs in pytest.ini);
+run it by path:  conformance/.venv/bin/pytest conformance/federation
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import LOOPBACK, Account, Server
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE / "peers.sh"
+STATE = Path(os.environ.get("FED_STATE", "/tmp/xmppd-fed"))
+PASSWORD = "secret"  # alice and bob on each peer (peers.sh)
+LOGS = {
+    "prosody": STATE / "prosody" / "prosody.log",
+    "ejabberd": STATE / "ejabberd" / "logs" / "ejabberd.log",
+}
+
+
+class Peer(Server):
+    """A peer server as the slixmpp wrapper (xmppclient.Client) sees it."""
+
+    def __init__(self, kind: str, domain: str, host: str, log: Path):
+        self.kind = kind
+        self.domain = domain
+        self.host = host or LOOPBACK
+        self.starttls_port = 5222
+        self.tls_port = 5223
+        self._log = log
+
+    def account(self, hint: str = "alice") -> Account:
+        return Account(hint, self.domain, PASSWORD)
+
+    def log_path(self) -> Path:
+        return self._log
+
+
+def _peers(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PEERS), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def peers():
+    started = False
+    if _peers("status", timeout=60).returncode != 0:
+        if os.environ.get("FED_AUTOSTART", "1") == "0":
+            pytest.fail("the peers are not running (conformance/federation/peers.sh start)", pytrace=False)
+        cp = _peers("start", timeout=900)  # a first start installs the packages
+        if cp.returncode != 0:
+            pytest.fail(f"peers.sh start failed:\n{cp.stderr[-6000:]}", pytrace=False)
+        started = True
+    yield {
+        "prosody": Peer("prosody", "pr.localhost", "127.0.0.3", LOGS["prosody"]),
+        "ejabberd": Peer("ejabberd", "ej.localhost", "127.0.0.4", LOGS["ejabberd"]),
+    }
+    if started and os.environ.get("FED_KEEP_PEERS") != "1":
+        _peers("stop", timeout=120)
+
+
+@pytest.fixture
+def pr(peers) -> Peer:
+    return peers["prosody"]
+
+
+@pytest.fixture
+def ej(peers) -> Peer:
+    return peers["ejabberd"]
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _log_offsets(request):
+    request.node._fed_log_offsets = {name: _size(p) for name, p in LOGS.items()}
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    offsets = getattr(item, "_fed_log_offsets", None)
+    if not offsets or not rep.failed:
+        return
+    for name, path in LOGS.items():
+        try:
+            with open(path, "rb") as f:
+                f.seek(offsets[name])
+                data = f.read()
+        except OSError:
+            continue
+        if len(data) > 30000:
+            data = b"[... cut ...]\n" + data[-30000:]
+        if data:
+            rep.sections.append((f"{name} log during this test ({rep.when})", data.decode("utf-8", "replace")))
+
+
+# ------------------------------------------------------------------ xmppd
+XMPPD_DOMAIN = "xmppd.localhost"
+XMPPD_HOST = "127.0.0.2"
+XMPPD_BIN = Path(os.environ.get("XMPPD_BIN", Path(__file__).resolve().parents[2] / "target" / "debug" / "xmppd"))
+
+
+class Xmppd(Peer):
+    """xmppd serving xmppd.localhost on 127.0.0.2 (c2s 5222, s2s 5269)."""
+
+
+@pytest.fixture(scope="session")
+def xm(peers, tmp_path_factory):
+    """xmppd beside the peers: users alice and bob, the peers' certificate setup."""
+    d = tmp_path_factory.mktemp("xmppd-fed")
+    certs = STATE / "certs" / os.environ.get("FED_CERTS", "self")
+    cfg = d / "xmppd.toml"
+    cfg.write_text(f"""
+hosts = ["{XMPPD_DOMAIN}"]
+data_dir = "{d / 'data'}"
+log_level = "debug"
+[[listeners]]
+address = "{XMPPD_HOST}"
+port = 5222
+tls = "starttls"
+[[certificates]]
+cert = "{certs / (XMPPD_DOMAIN + '.crt')}"
+key = "{certs / (XMPPD_DOMAIN + '.key')}"
+[http]
+listeners = []
+[s2s]
+address = "{XMPPD_HOST}"
+port = 5269
+connect_timeout = 15
+""")
+    for user in ("alice", "bob"):
+        subprocess.run([str(XMPPD_BIN), "--config", str(cfg), "user", "add", f"{user}@{XMPPD_DOMAIN}", "--password", PASSWORD],
+                       check=True, capture_output=True, timeout=60)
+    log = d / "xmppd.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([str(XMPPD_BIN), "--config", str(cfg), "serve"],
+                                stdout=out, stderr=out, start_new_session=True)
+    import socket
+    import time
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection((XMPPD_HOST, 5269), timeout=1).close()
+            socket.create_connection((XMPPD_HOST, 5222), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"xmppd did not start:\n{log.read_text()[-4000:]}", pytrace=False)
+            time.sleep(0.1)
+    LOGS["xmppd"] = log
+    yield Xmppd("xmppd", XMPPD_DOMAIN, XMPPD_HOST, log)
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

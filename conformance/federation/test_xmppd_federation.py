@@ -1,0 +1,161 @@
+"""xmppd federates with real Prosody and ejabberd (issue 8): users on each
+side subscribe, see each other's presence, chat both ways with receipts and
+ping each other; a domain nobody serves bounces remote-server-not-found."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+from slixmpp import JID
+
+from test_peers_federate import FED_TIMEOUT, expect, login
+from xmppclient import close_all
+
+
+async def warm_up(a, b):
+    """Have both servers' s2s streams up before asserting: a peer's first
+    attempt can fail on its own (ejabberd may try an address where nothing
+    listens first and bounce what it queued); the RFC leaves retrying to
+    the sender. Bounded: a few pings each way."""
+    for src, dst in ((a, JID(b.boundjid.domain)), (b, JID(a.boundjid.domain))):
+        for attempt in range(5):
+            try:
+                await src.plugin["xep_0199"].send_ping(dst, timeout=FED_TIMEOUT)
+                break
+            except Exception:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(1)
+    for c in (a, b):
+        c.inbox._consumed.update(range(len(c.inbox.items)))
+
+
+@pytest.fixture(params=["prosody", "ejabberd"])
+def peer(request, peers):
+    return peers[request.param]
+
+
+async def test_chat_both_ways_with_receipts(xm, peer):
+    a = await login(xm, "alice", "fed-chat")
+    b = await login(peer, "bob", "fed-chat")
+    try:
+        await warm_up(a, b)
+        token = secrets.token_hex(4)
+        body = f"from xmppd {token} <&> é👋"
+        a.send_message(mto=b.boundjid, mbody=body, mtype="chat")
+        m = await expect(b, lambda m: m.name == "message" and m["body"] == body,
+                         f"alice@xmppd -> bob@{peer.domain}", sender=a)
+        assert m["from"] == a.boundjid, m["from"]
+        # A delivery receipt (XEP-0184) travels back as an ordinary message.
+        b.send_message(mto=a.boundjid, mbody=f"reply {token}", mtype="chat")
+        b.send_raw(f"<message xmlns='jabber:client' to='{a.boundjid}' id='r-{token}'>"
+                   f"<received xmlns='urn:xmpp:receipts' id='m-{token}'/></message>")
+        m = await expect(a, lambda m: m.name == "message" and m["body"] == f"reply {token}",
+                         f"bob@{peer.domain} -> alice@xmppd", sender=b)
+        assert m["from"] == b.boundjid
+        got = await expect(a, lambda m: m.name == "message" and m["id"] == f"r-{token}",
+                           "receipt back", sender=b)
+        assert got["from"] == b.boundjid
+        assert got.xml.find("{urn:xmpp:receipts}received").get("id") == f"m-{token}"
+    finally:
+        await close_all(a, b)
+
+
+async def test_subscription_and_presence(xm, peer):
+    a = await login(xm, "alice", "fed-sub")
+    b = await login(peer, "bob", "fed-sub")
+    try:
+        await warm_up(a, b)
+        bob = JID(b.boundjid.bare)
+        alice = JID(a.boundjid.bare)
+        # Start from no relationship: the peers keep rosters between runs.
+        for c, other in ((a, bob), (b, alice)):
+            try:
+                await asyncio.wait_for(c.del_roster_item(other), FED_TIMEOUT)
+            except Exception:
+                pass
+        await asyncio.sleep(1)
+        for c in (a, b):  # what the clean-up caused is not what we test
+            c.inbox._consumed.update(range(len(c.inbox.items)))
+        a.send_presence(pto=bob, ptype="subscribe")
+        await expect(b, lambda s: s.name == "presence" and s["type"] == "subscribe"
+                     and s["from"].bare == alice.bare, "subscribe at the peer", sender=a)
+        b.send_presence(pto=alice, ptype="subscribed")
+        await expect(a, lambda s: s.name == "presence" and s["type"] == "subscribed"
+                     and s["from"].bare == bob.bare, "subscribed back", sender=b)
+        # Now alice sees bob's presence (the peer answers our probe or broadcasts).
+        b.send_presence(pstatus=f"here {secrets.token_hex(2)}")
+        await expect(a, lambda s: s.name == "presence" and s["from"] == b.boundjid
+                     and s["type"] in ("available", ""), "bob's presence at alice", sender=b)
+        # And the reverse: bob subscribes to alice, alice approves, bob sees alice.
+        b.send_presence(pto=alice, ptype="subscribe")
+        await expect(a, lambda s: s.name == "presence" and s["type"] == "subscribe"
+                     and s["from"].bare == bob.bare, "subscribe at xmppd", sender=b)
+        a.send_presence(pto=bob, ptype="subscribed")
+        await expect(b, lambda s: s.name == "presence" and s["from"] == a.boundjid
+                     and s["type"] in ("available", ""), "alice's presence at bob", sender=a)
+    finally:
+        await close_all(a, b)
+
+
+async def test_ping_across(xm, peer):
+    a = await login(xm, "alice", "fed-ping")
+    b = await login(peer, "bob", "fed-ping")
+    try:
+        await warm_up(a, b)
+        await a.plugin["xep_0199"].send_ping(b.boundjid, timeout=FED_TIMEOUT)
+        await b.plugin["xep_0199"].send_ping(a.boundjid, timeout=FED_TIMEOUT)
+        await a.plugin["xep_0199"].send_ping(JID(peer.domain), timeout=FED_TIMEOUT)
+        await b.plugin["xep_0199"].send_ping(JID(xm.domain), timeout=FED_TIMEOUT)
+    finally:
+        await close_all(a, b)
+
+
+async def test_unreachable_domain_bounces(xm):
+    a = await login(xm, "alice", "fed-bounce")
+    try:
+        a.send_message(mto="nobody@nowhere.invalid", mbody="hello?", mtype="chat")
+        err = await a.inbox.wait_for(lambda m: m.name == "message" and m["type"] == "error",
+                                     FED_TIMEOUT, "bounce")
+        assert err["error"]["condition"] in ("remote-server-not-found", "remote-server-timeout"), err
+    finally:
+        await close_all(a)
+
+
+def test_unauthenticated_sending_domain_is_refused(xm):
+    """A server stream that never authenticated (no dialback) and sends a
+    stanza anyway is closed with <invalid-from/> (RFC 6120 §4.9.3.10)."""
+    import socket
+    import ssl
+
+    def read_until(sock, needle: bytes, limit: float = 10.0) -> bytes:
+        sock.settimeout(limit)
+        data = b""
+        while needle not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    header = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+              "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+              f"from='evil.localhost' to='{xm.domain}' version='1.0'>").encode()
+    raw = socket.create_connection((xm.host, 5269), timeout=10)
+    raw.sendall(header)
+    assert b"starttls" in read_until(raw, b"</stream:features>")
+    raw.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert b"proceed" in read_until(raw, b"proceed")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    tls = ctx.wrap_socket(raw, server_hostname=xm.domain)
+    tls.sendall(header)
+    assert b"dialback" in read_until(tls, b"</stream:features>")
+    tls.sendall(f"<message from='mallory@evil.localhost' to='alice@{xm.domain}' type='chat'>"
+                "<body>spoofed</body></message>".encode())
+    answer = read_until(tls, b"</stream:stream>")
+    assert b"invalid-from" in answer, answer
+    tls.close()

@@ -1,0 +1,317 @@
+//! One outgoing server-to-server stream (local domain → remote domain):
+//! connect, STARTTLS, authenticate by dialback, then write queued stanzas
+//! and dialback verification requests until idle.
+
+use super::{DIALBACK_NS, NS, Out, resolve, wire};
+use crate::c2s::conn::XmlConn;
+use crate::net::Transport;
+use crate::server::Server;
+use crate::xml::{StreamEvent, escape, ns};
+use minidom::Element;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+type Failure = &'static str;
+
+pub(super) async fn run(
+    server: &Arc<Server>,
+    local: &str,
+    remote: &str,
+    mut rx: mpsc::Receiver<Out>,
+) -> Vec<Out> {
+    let timeout = Duration::from_secs(server.config.s2s.connect_timeout.max(1));
+    let deadline = Instant::now() + timeout;
+    let opened = match tokio::time::timeout(timeout, establish(server, local, remote)).await {
+        Ok(r) => r,
+        Err(_) => Err("remote-server-timeout"),
+    };
+    let mut conn = match opened {
+        Ok(c) => c,
+        Err(condition) => {
+            tracing::info!(local, remote, condition, "s2s: no stream to remote server");
+            // Everything waiting for this link fails now; later stanzas try again.
+            rx.close();
+            while let Ok(out) = rx.try_recv() {
+                fail(server, out, condition);
+            }
+            return Vec::new();
+        }
+    };
+    // Our <db:result/> is out. Until it is accepted stanzas wait, but
+    // verification requests go at once: the remote server may be waiting
+    // for one before it answers ours (each side verifies the other).
+    let mut authed = false;
+    let mut held: Vec<Out> = Vec::new();
+    let idle = Duration::from_secs(server.config.s2s.idle_timeout.max(1));
+    let mut last = Instant::now();
+    let mut verifies: HashMap<String, oneshot::Sender<bool>> = HashMap::new();
+    let mut leftover = Vec::new();
+    let mut failure: Option<Failure> = None;
+    'pump: loop {
+        let wake = if authed { last + idle } else { deadline };
+        tokio::select! {
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                last = Instant::now();
+                if !authed && matches!(out, Out::Stanza(_)) {
+                    held.push(out);
+                    continue;
+                }
+                if let Err(out) = write(&mut conn, local, remote, out, &mut verifies).await {
+                    leftover.push(out);
+                    break;
+                }
+            }
+            r = conn.read_some() => {
+                if r.is_err() {
+                    break;
+                }
+                last = Instant::now();
+                while let Some(ev) = conn.pop() {
+                    match ev {
+                        StreamEvent::Stanza(e) if e.is("verify", DIALBACK_NS) => {
+                            let valid = e.attr("type") == Some("valid");
+                            if let Some(tx) = e.attr("id").and_then(|id| verifies.remove(id)) {
+                                let _ = tx.send(valid);
+                            }
+                        }
+                        StreamEvent::Stanza(e) if e.is("result", DIALBACK_NS) && !authed => {
+                            if e.attr("type") != Some("valid") {
+                                failure = Some("remote-server-not-found");
+                                break 'pump;
+                            }
+                            authed = true;
+                            tracing::info!(local, remote, "s2s: outgoing stream authenticated");
+                            for out in std::mem::take(&mut held) {
+                                if let Err(out) = write(&mut conn, local, remote, out, &mut verifies).await {
+                                    leftover.push(out);
+                                    break 'pump;
+                                }
+                            }
+                        }
+                        StreamEvent::Close | StreamEvent::Header(_) => break 'pump,
+                        // Nothing else is expected on a stream we opened.
+                        _ => {}
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if !authed {
+                    failure = Some("remote-server-timeout");
+                } else {
+                    tracing::debug!(local, remote, "s2s: closing idle outgoing stream");
+                }
+                break;
+            }
+        }
+    }
+    let _ = conn.end_stream().await;
+    conn.close().await;
+    rx.close();
+    leftover.extend(held);
+    while let Ok(out) = rx.try_recv() {
+        leftover.push(out);
+    }
+    if !authed {
+        let condition = failure.unwrap_or("remote-server-not-found");
+        tracing::info!(
+            local,
+            remote,
+            condition,
+            "s2s: dialback with remote server failed"
+        );
+        leftover
+            .into_iter()
+            .for_each(|o| fail(server, o, condition));
+        return Vec::new();
+    }
+    leftover
+}
+
+/// Write a stanza or a verification request; the item back if it failed.
+async fn write(
+    conn: &mut XmlConn,
+    local: &str,
+    remote: &str,
+    out: Out,
+    verifies: &mut HashMap<String, oneshot::Sender<bool>>,
+) -> Result<(), Out> {
+    let bytes = match &out {
+        Out::Stanza(s) => wire(s),
+        Out::Verify { id, key, .. } => format!(
+            "<db:verify from='{}' to='{}' id='{}'>{}</db:verify>",
+            escape(local),
+            escape(remote),
+            escape(id),
+            escape(key)
+        )
+        .into_bytes(),
+    };
+    if conn.write(&bytes).await.is_err() {
+        return Err(out);
+    }
+    if let Out::Verify { id, reply, .. } = out {
+        verifies.insert(id, reply);
+    }
+    Ok(())
+}
+
+/// What a link could not do: stanzas bounce, verifications fail.
+pub(super) fn fail(server: &Server, out: Out, condition: Failure) {
+    match out {
+        Out::Stanza(s) => crate::im::bounce(server, &s, condition, None),
+        Out::Verify { reply, .. } => {
+            let _ = reply.send(false);
+        }
+    }
+}
+
+async fn establish(server: &Arc<Server>, local: &str, remote: &str) -> Result<XmlConn, Failure> {
+    let addrs = resolve::addresses(&server.config.s2s, remote).await;
+    for addr in addrs {
+        let Ok(tcp) = TcpStream::connect(addr).await else {
+            tracing::debug!(remote, %addr, "s2s: connect failed");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        return negotiate(server, tcp, local, remote).await;
+    }
+    Err("remote-server-not-found")
+}
+
+async fn negotiate(
+    server: &Arc<Server>,
+    tcp: TcpStream,
+    local: &str,
+    remote: &str,
+) -> Result<XmlConn, Failure> {
+    let mut conn = XmlConn::new(Transport::Plain(tcp), &server.config.limits);
+    let (_, features) = open(&mut conn, local, remote).await?;
+    // Encryption is required: a server that offers no STARTTLS gets nothing.
+    if !features.has_child("starttls", ns::TLS) {
+        return Err("remote-server-not-found");
+    }
+    conn.write(format!("<starttls xmlns='{}'/>", ns::TLS).as_bytes())
+        .await
+        .map_err(|_| "remote-server-not-found")?;
+    match conn.next().await {
+        Ok(StreamEvent::Stanza(p)) if p.is("proceed", ns::TLS) => {}
+        _ => return Err("remote-server-not-found"),
+    }
+    let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
+        return Err("remote-server-not-found");
+    };
+    let name = rustls::pki_types::ServerName::try_from(remote.to_string())
+        .map_err(|_| "remote-server-not-found")?;
+    let tls = tokio_rustls::TlsConnector::from(client_config())
+        .connect(name, tcp)
+        .await
+        .map_err(|_| "remote-server-not-found")?;
+    conn.io = Transport::TlsClient(Box::new(tls));
+    conn.restart();
+    let (id, _features) = open(&mut conn, local, remote).await?;
+    // XEP-0220: prove we are `local` by a key the remote server checks with us.
+    let key = server.s2s.key(local, remote, &id);
+    conn.write(
+        format!(
+            "<db:result from='{}' to='{}'>{key}</db:result>",
+            escape(local),
+            escape(remote)
+        )
+        .as_bytes(),
+    )
+    .await
+    .map_err(|_| "remote-server-not-found")?;
+    Ok(conn)
+}
+
+/// Send our header; read theirs and the features. Returns (stream id, features).
+async fn open(conn: &mut XmlConn, local: &str, remote: &str) -> Result<(String, Element), Failure> {
+    let header = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{NS}' xmlns:stream='{}' xmlns:db='{DIALBACK_NS}' from='{}' to='{}' version='1.0'>",
+        ns::STREAM,
+        escape(local),
+        escape(remote)
+    );
+    conn.header_sent = true;
+    conn.write(header.as_bytes())
+        .await
+        .map_err(|_| "remote-server-not-found")?;
+    let id = match conn.next().await {
+        Ok(StreamEvent::Header(h)) => h.id.unwrap_or_default(),
+        _ => return Err("remote-server-not-found"),
+    };
+    match conn.next().await {
+        Ok(StreamEvent::Stanza(f)) if f.is("features", ns::STREAM) => Ok((id, f)),
+        _ => Err("remote-server-not-found"),
+    }
+}
+
+/// TLS for outgoing streams. Certificates are not checked here: dialback
+/// authenticates the remote domain (the policy the peers use by default).
+fn client_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let cfg = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("default TLS versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate))
+                .with_no_client_auth();
+            Arc::new(cfg)
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
