@@ -9,7 +9,7 @@ use crate::server::Server;
 use crate::xml::{StreamEvent, escape, ns};
 use minidom::Element;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -207,7 +207,7 @@ async fn negotiate(
     };
     let name = rustls::pki_types::ServerName::try_from(remote.to_string())
         .map_err(|_| "remote-server-not-found")?;
-    let tls = tokio_rustls::TlsConnector::from(client_config())
+    let tls = tokio_rustls::TlsConnector::from(crate::tls::unverified_client_config())
         .connect(name, tcp)
         .await
         .map_err(|_| "remote-server-not-found")?;
@@ -248,70 +248,5 @@ async fn open(conn: &mut XmlConn, local: &str, remote: &str) -> Result<(String, 
     match conn.next().await {
         Ok(StreamEvent::Stanza(f)) if f.is("features", ns::STREAM) => Ok((id, f)),
         _ => Err("remote-server-not-found"),
-    }
-}
-
-/// TLS for outgoing streams. Certificates are not checked here: dialback
-/// authenticates the remote domain (the policy the peers use by default).
-fn client_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("default TLS versions")
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-                .with_no_client_auth();
-            Arc::new(cfg)
-        })
-        .clone()
-}
-
-#[derive(Debug)]
-struct AnyCertificate;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
