@@ -115,10 +115,11 @@ fn new_stanza_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::sasl::random_bytes(12))
 }
 
-/// Archive a message from a local user before it is routed; stamps the
+/// Archive a message before it is routed, for each side that is a local
+/// account (the sender is remote for stanzas that came over s2s); stamps the
 /// recipient's `<stanza-id/>` on it when the recipient is a local account.
 /// Returns `false` when storing failed (the message must not be acknowledged).
-pub async fn archive_outgoing(
+pub async fn archive_message(
     server: &Server,
     sender: &BareJid,
     to: &Jid,
@@ -154,7 +155,8 @@ pub async fn archive_outgoing(
         );
     }
     let xml = String::from_utf8(msg.to_bytes()).unwrap_or_default();
-    if wants(server, sender, &to_bare).await {
+    let sender_local = server.config.serves(sender.domain().as_str()) && sender.node().is_some();
+    if sender_local && wants(server, sender, &to_bare).await {
         rows.push(NewArchived {
             owner: sender.to_string(),
             stanza_id: new_stanza_id(),

@@ -17,7 +17,7 @@ pub async fn from_session(server: &Server, sender: &FullJid, mut msg: Element, t
         return;
     }
     // Durable before delivered: archived (both sides) first, then routed.
-    if !mam::archive_outgoing(server, &sender.to_bare(), &to, &mut msg).await {
+    if !mam::archive_message(server, &sender.to_bare(), &to, &mut msg).await {
         bounce(
             server,
             &msg,

@@ -188,7 +188,14 @@ async fn inbound(server: &Arc<Server>, stanza: Element) {
     };
     let result = match stanza.name() {
         "message" => {
-            crate::im::message::route(server, stanza, to).await;
+            let mut msg = stanza;
+            // Durable before delivered, as for local senders (XEP-0313).
+            if crate::xep::mam::archive_message(server, &from.to_bare(), &to, &mut msg).await {
+                crate::im::message::route(server, msg, to).await;
+            } else {
+                let text = Some("could not store the message");
+                crate::im::bounce(server, &msg, "internal-server-error", text);
+            }
             Ok(())
         }
         "presence" => inbound_presence(server, stanza, &from, &to).await,

@@ -34,9 +34,14 @@ pub struct MucService {
 
 const PERSIST_QUEUE: usize = 10_000;
 
-/// Deliver a stanza built by the service to a user's session.
+/// Deliver a stanza built by the service to a user's session, here or on
+/// the occupant's own server (federation).
 fn send(server: &Server, to: &FullJid, e: &Element) {
-    if let Some(h) = server.registry.session(to) {
+    if crate::s2s::is_remote(server, to.domain().as_str()) {
+        let mut out = e.clone();
+        out.set("to", to.as_str());
+        crate::s2s::send(server, out);
+    } else if let Some(h) = server.registry.session(to) {
         h.send(to_bytes(e));
     }
 }

@@ -789,6 +789,10 @@ impl Room {
         let name_len = msg.name().len() + 1;
         for to in self.all_sessions() {
             let Some(h) = server.registry.session(&to) else {
+                // Occupants of other servers get theirs through s2s.
+                if crate::s2s::is_remote(server, to.domain().as_str()) {
+                    send(server, &to, msg);
+                }
                 continue;
             };
             let mut b = Vec::with_capacity(bytes.len() + to.as_str().len() + 8);
