@@ -45,6 +45,12 @@ pub struct S2sConfig {
     pub idle_timeout: u64,
     /// Stanzas queued per remote domain; beyond it senders get an error.
     pub queue: usize,
+    /// PEM files of the authorities trusted for peers' certificates; empty:
+    /// the system bundle (/etc/ssl/certs/ca-certificates.crt).
+    pub ca_files: Vec<PathBuf>,
+    /// Accept only peers whose certificate is valid for their domain (SASL
+    /// EXTERNAL); false also allows dialback (XEP-0220) where it is not.
+    pub require_valid_certificates: bool,
 }
 
 impl Default for S2sConfig {
@@ -57,6 +63,8 @@ impl Default for S2sConfig {
             connect_timeout: 20,
             idle_timeout: 600,
             queue: 1000,
+            ca_files: Vec::new(),
+            require_valid_certificates: false,
         }
     }
 }

@@ -26,6 +26,11 @@ pub struct Metrics {
     pub uploads: AtomicU64,
     pub upload_bytes: AtomicU64,
     pub http_requests: AtomicU64,
+    /// Server-to-server streams authenticated, by direction and method.
+    pub s2s_in_external: AtomicU64,
+    pub s2s_in_dialback: AtomicU64,
+    pub s2s_out_external: AtomicU64,
+    pub s2s_out_dialback: AtomicU64,
 }
 
 impl Metrics {
@@ -107,6 +112,29 @@ pub fn render(server: &crate::server::Server) -> String {
         "gauge",
         "Stanzas waiting in session queues.",
         &[("", queued)],
+    );
+    put(
+        "xmppd_s2s_authenticated_total",
+        "counter",
+        "Server-to-server streams (or domains on them) authenticated.",
+        &[
+            (
+                "direction=\"in\",method=\"external\"",
+                g(&m.s2s_in_external),
+            ),
+            (
+                "direction=\"in\",method=\"dialback\"",
+                g(&m.s2s_in_dialback),
+            ),
+            (
+                "direction=\"out\",method=\"external\"",
+                g(&m.s2s_out_external),
+            ),
+            (
+                "direction=\"out\",method=\"dialback\"",
+                g(&m.s2s_out_dialback),
+            ),
+        ],
     );
     put(
         "xmppd_stanzas_in_total",

@@ -20,6 +20,8 @@ pub struct Server {
     pub registry: Registry,
     pub modules: Modules,
     pub tls: Arc<rustls::ServerConfig>,
+    /// Our certificates by name (also presented as the client of s2s streams).
+    pub certificates: Arc<crate::tls::Certificates>,
     pub auth_limiter: AuthLimiter,
     pub resumptions: crate::xep::sm::Resumptions,
     pub blocks: crate::xep::blocking::BlockCache,
@@ -111,7 +113,8 @@ pub async fn start(config: Config) -> Result<Running> {
         .await
         .with_context(|| format!("opening storage {}", redact(&config.storage_url())))?;
     tracing::info!(backend = storage.backend, "storage ready");
-    let tls = crate::tls::server_config(&config)?;
+    let certificates = crate::tls::load_certificates(&config)?;
+    let tls = crate::tls::server_config(certificates.clone())?;
     let modules = Modules::load(&config.modules.enabled);
     let (archive_writer, archive_task) =
         crate::storage::group_commit::ArchiveWriter::spawn(storage.archive.clone());
@@ -120,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running> {
         registry: Registry::default(),
         modules,
         tls,
+        certificates,
         auth_limiter: AuthLimiter::default(),
         resumptions: Default::default(),
         blocks: Default::default(),

@@ -19,14 +19,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// ALPN protocol id for direct-TLS c2s (XEP-0368).
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 
+/// Our certificates, chosen by name (SNI for TLS servers; the local domain
+/// when we are the TLS client of another server).
 #[derive(Debug)]
-struct SniResolver {
+pub struct Certificates {
     certs: Vec<Arc<CertifiedKey>>,
     cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
-impl SniResolver {
-    fn pick(&self, name: &str) -> Arc<CertifiedKey> {
+impl Certificates {
+    /// The first certificate valid for `name`, else the first one.
+    pub fn pick(&self, name: &str) -> Arc<CertifiedKey> {
         if let Some(c) = self.cache.lock().unwrap().get(name) {
             return c.clone();
         }
@@ -50,7 +53,7 @@ impl SniResolver {
     }
 }
 
-impl ResolvesServerCert for SniResolver {
+impl ResolvesServerCert for Certificates {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(match hello.server_name() {
             Some(name) => self.pick(&name.to_ascii_lowercase()),
@@ -113,8 +116,8 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Build the TLS acceptor configuration for all listeners.
-pub fn server_config(cfg: &Config) -> Result<Arc<rustls::ServerConfig>> {
+/// Load the configured certificates, or generate self-signed ones.
+pub fn load_certificates(cfg: &Config) -> Result<Arc<Certificates>> {
     let mut certs = Vec::new();
     if cfg.certificates.is_empty() {
         for host in &cfg.hosts {
@@ -126,10 +129,14 @@ pub fn server_config(cfg: &Config) -> Result<Arc<rustls::ServerConfig>> {
             certs.push(Arc::new(load_certified_key(&c.cert, &c.key)?));
         }
     }
-    let resolver = Arc::new(SniResolver {
+    Ok(Arc::new(Certificates {
         certs,
         cache: Mutex::new(HashMap::new()),
-    });
+    }))
+}
+
+/// Build the TLS acceptor configuration for the client listeners.
+pub fn server_config(resolver: Arc<Certificates>) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -162,8 +169,11 @@ pub fn unverified_client_config() -> Arc<rustls::ClientConfig> {
         .clone()
 }
 
+/// Accepts any certificate chain (handshake signatures are still checked):
+/// whether the chain is valid for a domain is decided after the handshake,
+/// by `s2s::certs`, where the domain is known.
 #[derive(Debug)]
-struct AnyCertificate;
+pub(crate) struct AnyCertificate;
 
 impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

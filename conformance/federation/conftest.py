@@ -10,8 +10,11 @@ run it by path:  conformance/.venv/bin/pytest conformance/federation
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -114,61 +117,101 @@ def pytest_runtest_makereport(item, call):
 # ------------------------------------------------------------------ xmppd
 XMPPD_DOMAIN = "xmppd.localhost"
 XMPPD_HOST = "127.0.0.2"
+XMPPD2_DOMAIN = "xmppd2.localhost"  # a second xmppd, for the certificate-policy tests
+XMPPD2_HOST = "127.0.0.5"
 XMPPD_BIN = Path(os.environ.get("XMPPD_BIN", Path(__file__).resolve().parents[2] / "target" / "debug" / "xmppd"))
+CA_FILE = STATE / "certs" / "ca" / "ca.crt"
+
+
+def cert_mode() -> str:
+    """What the running peers present: "ca" (test-CA-signed) or "self"."""
+    try:
+        return (STATE / ".certs").read_text().strip()
+    except OSError:
+        return os.environ.get("FED_CERTS", "ca")
 
 
 class Xmppd(Peer):
-    """xmppd serving xmppd.localhost on 127.0.0.2 (c2s 5222, s2s 5269)."""
+    """An xmppd beside the peers (c2s 5222, s2s 5269, HTTP 5280 on its address)."""
+
+    def metrics(self) -> dict[str, float]:
+        import urllib.request
+        with urllib.request.urlopen(f"http://{self.host}:5280/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+    def s2s_auth(self, direction: str, method: str) -> float:
+        return self.metrics().get(
+            f'xmppd_s2s_authenticated_total{{direction="{direction}",method="{method}"}}', 0)
 
 
-@pytest.fixture(scope="session")
-def xm(peers, tmp_path_factory):
-    """xmppd beside the peers: users alice and bob, the peers' certificate setup."""
-    d = tmp_path_factory.mktemp("xmppd-fed")
-    certs = STATE / "certs" / os.environ.get("FED_CERTS", "self")
+@contextlib.contextmanager
+def run_xmppd(d: Path, domain: str, host: str, certs: Path, s2s_extra: str = ""):
+    """Run xmppd serving `domain` on `host` with the certificate in `certs`;
+    users alice and bob. Yields an Xmppd; stops it afterwards."""
+    d.mkdir(parents=True, exist_ok=True)
     cfg = d / "xmppd.toml"
     cfg.write_text(f"""
-hosts = ["{XMPPD_DOMAIN}"]
+hosts = ["{domain}"]
 data_dir = "{d / 'data'}"
 log_level = "debug"
 [[listeners]]
-address = "{XMPPD_HOST}"
+address = "{host}"
 port = 5222
 tls = "starttls"
 [[certificates]]
-cert = "{certs / (XMPPD_DOMAIN + '.crt')}"
-key = "{certs / (XMPPD_DOMAIN + '.key')}"
+cert = "{certs / (domain + '.crt')}"
+key = "{certs / (domain + '.key')}"
 [http]
-listeners = []
+listeners = [{{ address = "{host}", port = 5280, tls = false }}]
 [s2s]
-address = "{XMPPD_HOST}"
+address = "{host}"
 port = 5269
 connect_timeout = 15
+{s2s_extra}
 """)
     for user in ("alice", "bob"):
-        subprocess.run([str(XMPPD_BIN), "--config", str(cfg), "user", "add", f"{user}@{XMPPD_DOMAIN}", "--password", PASSWORD],
+        subprocess.run([str(XMPPD_BIN), "--config", str(cfg), "user", "add", f"{user}@{domain}", "--password", PASSWORD],
                        check=True, capture_output=True, timeout=60)
     log = d / "xmppd.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([str(XMPPD_BIN), "--config", str(cfg), "serve"],
                                 stdout=out, stderr=out, start_new_session=True)
-    import socket
-    import time
     deadline = time.monotonic() + 30
     while True:
         try:
-            socket.create_connection((XMPPD_HOST, 5269), timeout=1).close()
-            socket.create_connection((XMPPD_HOST, 5222), timeout=1).close()
+            for port in (5269, 5222, 5280):
+                socket.create_connection((host, port), timeout=1).close()
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail(f"xmppd did not start:\n{log.read_text()[-4000:]}", pytrace=False)
             time.sleep(0.1)
-    LOGS["xmppd"] = log
-    yield Xmppd("xmppd", XMPPD_DOMAIN, XMPPD_HOST, log)
-    proc.terminate()
+    LOGS[domain] = log
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield Xmppd("xmppd", domain, host, log)
+    finally:
+        LOGS.pop(domain, None)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def xm(peers, tmp_path_factory):
+    """xmppd.localhost beside the peers. With the peers on test-CA certificates
+    (the default) it trusts that CA, presents a CA-signed certificate and
+    requires valid certificates: every stream authenticates by SASL EXTERNAL."""
+    ca = cert_mode() == "ca"
+    extra = f'ca_files = ["{CA_FILE}"]\nrequire_valid_certificates = {"true" if ca else "false"}'
+    with run_xmppd(tmp_path_factory.mktemp("xmppd-fed"), XMPPD_DOMAIN, XMPPD_HOST,
+                   STATE / "certs" / cert_mode(), extra) as x:
+        yield x

@@ -9,25 +9,28 @@
 #   conformance/federation/peers.sh clean    # stop, then delete the state dir
 #
 #   xmppd.localhost  127.0.0.2   (xmppd, not started here; cert made for it)
+#   xmppd2.localhost 127.0.0.5   (a second xmppd for the certificate-policy tests)
 #   pr.localhost     127.0.0.3   Prosody 0.12  c2s 5222 (STARTTLS) 5223 (TLS)  s2s 5269
 #   ej.localhost     127.0.0.4   ejabberd 23.01 c2s 5222 (STARTTLS) 5223 (TLS) s2s 5269
 #   conference.<each of them>    MUC on the same address
 #
 # Environment:
 #   FED_STATE          state dir (default /tmp/xmppd-fed): certs, configs, data, logs, pids
-#   FED_CERTS          self (default): peers present self-signed certs (dialback only);
-#                      ca: peers present certs signed by the local test CA, which both trust
+#   FED_CERTS          ca (default): peers present certs signed by the local test CA,
+#                      which both trust (SASL EXTERNAL between servers that trust it);
+#                      self: peers present self-signed certs (dialback only)
 #   FED_LOGLEVEL       debug (default) | info
 #   FED_START_TIMEOUT  seconds to wait for readiness (default 90)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 S="${FED_STATE:-/tmp/xmppd-fed}"
-CERT_MODE="${FED_CERTS:-self}"
+CERT_MODE="${FED_CERTS:-ca}"
 LOGLEVEL="${FED_LOGLEVEL:-debug}"
 START_TIMEOUT="${FED_START_TIMEOUT:-90}"
 
 XD_DOM=xmppd.localhost XD_IP=127.0.0.2
+XD2_DOM=xmppd2.localhost XD2_IP=127.0.0.5
 PR_DOM=pr.localhost    PR_IP=127.0.0.3
 EJ_DOM=ej.localhost    EJ_IP=127.0.0.4
 EJ_NODE=xmppdfed@localhost   # Erlang node name of the private ejabberd
@@ -81,6 +84,7 @@ disable_system_services() {
 ensure_hosts() {
   local line
   for line in "$XD_IP $XD_DOM conference.$XD_DOM" \
+              "$XD2_IP $XD2_DOM conference.$XD2_DOM" \
               "$PR_IP $PR_DOM conference.$PR_DOM" \
               "$EJ_IP $EJ_DOM conference.$EJ_DOM"; do
     local name="${line#* }"; name="${name%% *}"
@@ -109,7 +113,7 @@ extendedKeyUsage=serverAuth,clientAuth"
       -keyout "$CERTS/ca/ca.key" -out "$CERTS/ca/ca.crt" 2>/dev/null
   fi
   local d
-  for d in "$XD_DOM" "$PR_DOM" "$EJ_DOM"; do
+  for d in "$XD_DOM" "$XD2_DOM" "$PR_DOM" "$EJ_DOM"; do
     local san="subjectAltName=DNS:$d,DNS:conference.$d"
     if [ ! -f "$CERTS/self/$d.crt" ]; then
       openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \

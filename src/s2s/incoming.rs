@@ -1,6 +1,8 @@
-//! Incoming server-to-server streams: STARTTLS (required), then XEP-0220
-//! dialback. Stanzas are accepted only from domains this stream
-//! authenticated, and only for domains we serve.
+//! Incoming server-to-server streams: STARTTLS (required), then SASL
+//! EXTERNAL (a certificate valid for the peer's domain) or XEP-0220
+//! dialback (unless the policy requires valid certificates). Stanzas are
+//! accepted only from domains this stream authenticated, and only for
+//! domains we serve.
 
 use super::{DIALBACK_FEATURE, DIALBACK_NS, NS};
 use crate::c2s::conn::XmlConn;
@@ -9,6 +11,7 @@ use crate::server::Server;
 use crate::xml::{BuilderExt, StreamEvent, el, escape, ns};
 use jid::Jid;
 use minidom::Element;
+use rustls::pki_types::CertificateDer;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,13 +51,33 @@ async fn send_header(conn: &mut XmlConn, local: &str, id: &str) -> std::io::Resu
     conn.write(h.as_bytes()).await
 }
 
-/// Read the peer's header, answer with ours and the features of this stage.
+/// What an incoming stream knows about its peer.
+struct Peer {
+    /// Our stream id (dialback keys are bound to it); new after a restart.
+    id: String,
+    /// The domain the peer named in its stream header (RFC 6120 §4.7.1).
+    from: Option<String>,
+    /// The certificate chain the peer presented in the TLS handshake.
+    chain: Option<Vec<CertificateDer<'static>>>,
+    /// Domains this stream proved it speaks for.
+    authed: HashSet<String>,
+    /// SASL is done (one authentication per stream; dialback may add domains).
+    sasl_done: bool,
+}
+
+impl Peer {
+    fn cert_valid_for(&self, server: &Server, domain: &str) -> bool {
+        server.s2s.tls().valid_for(self.chain.as_deref(), domain)
+    }
+}
+
+/// Read the peer's header and answer with ours; returns the peer's `from`.
 async fn open(
     server: &Server,
     conn: &mut XmlConn,
     local: &mut String,
     id: &str,
-) -> Result<(), Refusal> {
+) -> Result<Option<String>, Refusal> {
     let h = match conn.next().await {
         Ok(StreamEvent::Header(h)) => h,
         _ => return Err(("not-well-formed", None)),
@@ -70,14 +93,26 @@ async fn open(
     send_header(conn, local, id)
         .await
         .map_err(|_| ("internal-server-error", None))?;
+    Ok(h.from.map(|f| f.to_lowercase()))
+}
+
+/// After TLS: SASL EXTERNAL when the peer's certificate is valid for the
+/// domain it named, dialback unless the policy wants valid certificates.
+async fn features(server: &Server, conn: &mut XmlConn, peer: &Peer) -> Result<(), Refusal> {
     let mut f = el("features", ns::STREAM);
-    if conn.io.is_tls() {
+    let external = !peer.sasl_done
+        && peer
+            .from
+            .as_deref()
+            .is_some_and(|d| peer.cert_valid_for(server, d));
+    if external {
+        f = f.c(el("mechanisms", ns::SASL)
+            .c(el("mechanism", ns::SASL).t("EXTERNAL").build())
+            .build());
+    }
+    if !server.config.s2s.require_valid_certificates {
         f = f.c(el("dialback", DIALBACK_FEATURE)
             .c(el("errors", DIALBACK_FEATURE).build())
-            .build());
-    } else {
-        f = f.c(el("starttls", ns::TLS)
-            .c(el("required", ns::TLS).build())
             .build());
     }
     conn.send_features(&f.build())
@@ -87,14 +122,20 @@ async fn open(
 
 async fn run(server: &Arc<Server>, conn: &mut XmlConn, local: &mut String) -> Result<(), Refusal> {
     let timeout = Duration::from_secs(server.config.s2s.connect_timeout.max(1));
-    tokio::time::timeout(timeout, starttls(server, conn, local))
+    let chain = tokio::time::timeout(timeout, starttls(server, conn, local))
         .await
         .map_err(|_| ("connection-timeout", None))??;
     let id = crate::c2s::new_id();
-    open(server, conn, local, &id).await?;
+    let from = open(server, conn, local, &id).await?;
+    let mut peer = Peer {
+        id,
+        from,
+        chain,
+        authed: HashSet::new(),
+        sasl_done: false,
+    };
+    features(server, conn, &peer).await?;
 
-    // Domains this stream proved it speaks for.
-    let mut authed: HashSet<String> = HashSet::new();
     // Dialback verifications run in tasks (they need our own stream to the
     // peer); their answers come back here to be written in order.
     let (vtx, mut vrx) = mpsc::channel::<(String, bool, String)>(16);
@@ -104,8 +145,9 @@ async fn run(server: &Arc<Server>, conn: &mut XmlConn, local: &mut String) -> Re
         tokio::select! {
             Some((domain, valid, reply)) = vrx.recv() => {
                 if valid {
+                    crate::metrics::Metrics::inc(&server.metrics.s2s_in_dialback);
                     tracing::info!(domain, "s2s: incoming stream authenticated (dialback)");
-                    authed.insert(domain);
+                    peer.authed.insert(domain);
                 }
                 conn.write(reply.as_bytes()).await.map_err(|_| ("connection-timeout", None))?;
             }
@@ -118,8 +160,14 @@ async fn run(server: &Arc<Server>, conn: &mut XmlConn, local: &mut String) -> Re
                     match ev {
                         StreamEvent::Close => return Ok(()),
                         StreamEvent::Header(_) => return Err(("not-well-formed", None)),
+                        StreamEvent::Stanza(e) if e.is("auth", ns::SASL) => {
+                            // On success the stream restarted (new header and features sent).
+                            if sasl_external(server, conn, local, &mut peer, &e).await? {
+                                break;
+                            }
+                        }
                         StreamEvent::Stanza(e) => {
-                            element(server, conn, &id, &authed, &vtx, e).await?;
+                            element(server, conn, &peer, &vtx, e).await?;
                         }
                     }
                 }
@@ -129,9 +177,22 @@ async fn run(server: &Arc<Server>, conn: &mut XmlConn, local: &mut String) -> Re
     }
 }
 
-/// Before TLS: the header, then nothing but `<starttls/>`.
-async fn starttls(server: &Server, conn: &mut XmlConn, local: &mut String) -> Result<(), Refusal> {
+/// Before TLS: the header, then nothing but `<starttls/>`. Returns the
+/// certificate chain the peer presented, if any.
+async fn starttls(
+    server: &Server,
+    conn: &mut XmlConn,
+    local: &mut String,
+) -> Result<Option<Vec<CertificateDer<'static>>>, Refusal> {
     open(server, conn, local, &crate::c2s::new_id()).await?;
+    let f = el("features", ns::STREAM)
+        .c(el("starttls", ns::TLS)
+            .c(el("required", ns::TLS).build())
+            .build())
+        .build();
+    conn.send_features(&f)
+        .await
+        .map_err(|_| ("internal-server-error", None))?;
     match conn.next().await {
         Ok(StreamEvent::Stanza(e)) if e.is("starttls", ns::TLS) => {}
         _ => return Err(("policy-violation", Some("STARTTLS is required".into()))),
@@ -142,21 +203,83 @@ async fn starttls(server: &Server, conn: &mut XmlConn, local: &mut String) -> Re
     let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
         return Err(("internal-server-error", None));
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(server));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.s2s.tls().server.clone());
     let tls = acceptor.accept(tcp).await.map_err(|e| {
         tracing::info!(error = %e, "s2s: TLS handshake failed");
         ("policy-violation", Some("TLS handshake failed".into()))
     })?;
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
     conn.io = Transport::Tls(Box::new(tls));
     conn.restart();
-    Ok(())
+    Ok(chain)
+}
+
+/// RFC 6120 §6 with XEP-0178: SASL EXTERNAL succeeds when the certificate
+/// is valid for the domain the peer authenticates as (its stream `from`,
+/// or the authorization identity it names). On success the stream restarts
+/// (returns true); on failure the peer may still try dialback.
+async fn sasl_external(
+    server: &Server,
+    conn: &mut XmlConn,
+    local: &mut String,
+    peer: &mut Peer,
+    auth: &Element,
+) -> Result<bool, Refusal> {
+    use base64::Engine;
+    let failure = |cond: &str| format!("<failure xmlns='{}'><{cond}/></failure>", ns::SASL);
+    let text = auth.text();
+    let text = text.trim();
+    let authzid = match text {
+        "" | "=" => peer.from.clone(),
+        b64 => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(|d| d.to_lowercase()),
+    };
+    let verdict = if peer.sasl_done {
+        Err("not-authorized")
+    } else if auth.attr("mechanism") != Some("EXTERNAL") {
+        Err("invalid-mechanism")
+    } else {
+        match authzid {
+            Some(d) if peer.cert_valid_for(server, &d) => Ok(d),
+            Some(_) => Err("not-authorized"),
+            None => Err("invalid-authzid"),
+        }
+    };
+    let domain = match verdict {
+        Ok(d) => d,
+        Err(cond) => {
+            conn.write(failure(cond).as_bytes())
+                .await
+                .map_err(|_| ("connection-timeout", None))?;
+            return Ok(false);
+        }
+    };
+    conn.write(format!("<success xmlns='{}'/>", ns::SASL).as_bytes())
+        .await
+        .map_err(|_| ("connection-timeout", None))?;
+    crate::metrics::Metrics::inc(&server.metrics.s2s_in_external);
+    tracing::info!(domain, "s2s: incoming stream authenticated (SASL EXTERNAL)");
+    peer.authed.insert(domain);
+    peer.sasl_done = true;
+    conn.restart();
+    peer.id = crate::c2s::new_id();
+    let id = peer.id.clone();
+    open(server, conn, local, &id).await?;
+    features(server, conn, peer).await?;
+    Ok(true)
 }
 
 async fn element(
     server: &Arc<Server>,
     conn: &mut XmlConn,
-    id: &str,
-    authed: &HashSet<String>,
+    peer: &Peer,
     vtx: &mpsc::Sender<(String, bool, String)>,
     e: Element,
 ) -> Result<(), Refusal> {
@@ -170,7 +293,21 @@ async fn element(
         if Jid::new(&from).is_err() {
             return Err(("invalid-from", None));
         }
-        let (server, id, vtx, key) = (server.clone(), id.to_string(), vtx.clone(), e.text());
+        if server.config.s2s.require_valid_certificates {
+            // XEP-0220 §2.4: refused by policy, told as a dialback error.
+            let reply = format!(
+                "<db:result from='{}' to='{}' type='error'><error type='cancel'><policy-violation xmlns='{}'/><text xmlns='{}'>a valid certificate is required</text></error></db:result>",
+                escape(&to),
+                escape(&from),
+                ns::STANZA_ERRORS,
+                ns::STANZA_ERRORS
+            );
+            return conn
+                .write(reply.as_bytes())
+                .await
+                .map_err(|_| ("connection-timeout", None));
+        }
+        let (server, id, vtx, key) = (server.clone(), peer.id.clone(), vtx.clone(), e.text());
         tokio::spawn(async move {
             let valid = server.s2s.verify(&to, &from, &id, &key).await;
             let reply = format!(
@@ -204,7 +341,7 @@ async fn element(
     }
     // RFC 6120 §13.7.1.3: only from domains this stream authenticated.
     let from_domain = Jid::new(&from).map(|j| j.domain().to_string());
-    if !from_domain.as_ref().is_ok_and(|d| authed.contains(d)) {
+    if !from_domain.as_ref().is_ok_and(|d| peer.authed.contains(d)) {
         return Err((
             "invalid-from",
             Some("the sending domain was not authenticated on this stream".into()),
@@ -220,18 +357,4 @@ async fn element(
     };
     super::inbound(server, stanza).await;
     Ok(())
-}
-
-/// The c2s TLS configuration (certificates by SNI) with the s2s ALPN name:
-/// peers offering "xmpp-server" must not meet our "xmpp-client" only.
-fn tls_config(server: &Server) -> Arc<rustls::ServerConfig> {
-    server
-        .s2s
-        .tls
-        .get_or_init(|| {
-            let mut c = (*server.tls).clone();
-            c.alpn_protocols = vec![b"xmpp-server".to_vec()];
-            Arc::new(c)
-        })
-        .clone()
 }

@@ -10,6 +10,7 @@
 //! (asking that domain's authoritative server through our own link to it)
 //! and accept stanzas only from domains they authenticated.
 
+mod certs;
 pub mod dialback;
 mod incoming;
 mod outgoing;
@@ -53,8 +54,8 @@ pub struct S2s {
     links: Mutex<HashMap<(String, String), Link>>,
     serial: AtomicU64,
     server: OnceLock<Weak<Server>>,
-    /// TLS for incoming streams (incoming.rs).
-    tls: OnceLock<Arc<rustls::ServerConfig>>,
+    /// TLS both ways, and certificate checks (certs.rs).
+    tls: OnceLock<certs::PeerTls>,
 }
 
 impl Default for S2s {
@@ -75,6 +76,14 @@ impl S2s {
     /// Called once the server exists: links are tasks that need it.
     pub fn init(&self, server: &Arc<Server>) {
         let _ = self.server.set(Arc::downgrade(server));
+        let _ = self.tls.set(certs::PeerTls::new(
+            &server.config.s2s,
+            server.certificates.clone(),
+        ));
+    }
+
+    fn tls(&self) -> &certs::PeerTls {
+        self.tls.get().expect("S2s::init ran")
     }
 
     /// The link from `local` to `remote`, started if there is none.

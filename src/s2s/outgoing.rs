@@ -29,7 +29,7 @@ pub(super) async fn run(
         Ok(r) => r,
         Err(_) => Err("remote-server-timeout"),
     };
-    let mut conn = match opened {
+    let (mut conn, external) = match opened {
         Ok(c) => c,
         Err(condition) => {
             tracing::info!(local, remote, condition, "s2s: no stream to remote server");
@@ -44,7 +44,7 @@ pub(super) async fn run(
     // Our <db:result/> is out. Until it is accepted stanzas wait, but
     // verification requests go at once: the remote server may be waiting
     // for one before it answers ours (each side verifies the other).
-    let mut authed = false;
+    let mut authed = external;
     let mut held: Vec<Out> = Vec::new();
     let idle = Duration::from_secs(server.config.s2s.idle_timeout.max(1));
     let mut last = Instant::now();
@@ -85,7 +85,8 @@ pub(super) async fn run(
                                 break 'pump;
                             }
                             authed = true;
-                            tracing::info!(local, remote, "s2s: outgoing stream authenticated");
+                            crate::metrics::Metrics::inc(&server.metrics.s2s_out_dialback);
+                            tracing::info!(local, remote, "s2s: outgoing stream authenticated (dialback)");
                             for out in std::mem::take(&mut held) {
                                 if let Err(out) = write(&mut conn, local, remote, out, &mut verifies).await {
                                     leftover.push(out);
@@ -170,7 +171,13 @@ pub(super) fn fail(server: &Server, out: Out, condition: Failure) {
     }
 }
 
-async fn establish(server: &Arc<Server>, local: &str, remote: &str) -> Result<XmlConn, Failure> {
+/// A stream to `remote`, and whether SASL EXTERNAL already authenticated
+/// it (else our dialback key is on its way).
+async fn establish(
+    server: &Arc<Server>,
+    local: &str,
+    remote: &str,
+) -> Result<(XmlConn, bool), Failure> {
     let addrs = resolve::addresses(&server.config.s2s, remote).await;
     for addr in addrs {
         let Ok(tcp) = TcpStream::connect(addr).await else {
@@ -188,7 +195,7 @@ async fn negotiate(
     tcp: TcpStream,
     local: &str,
     remote: &str,
-) -> Result<XmlConn, Failure> {
+) -> Result<(XmlConn, bool), Failure> {
     let mut conn = XmlConn::new(Transport::Plain(tcp), &server.config.limits);
     let (_, features) = open(&mut conn, local, remote).await?;
     // Encryption is required: a server that offers no STARTTLS gets nothing.
@@ -207,13 +214,36 @@ async fn negotiate(
     };
     let name = rustls::pki_types::ServerName::try_from(remote.to_string())
         .map_err(|_| "remote-server-not-found")?;
-    let tls = tokio_rustls::TlsConnector::from(crate::tls::unverified_client_config())
+    let peer = server.s2s.tls();
+    let tls = tokio_rustls::TlsConnector::from(peer.client(local))
         .connect(name, tcp)
         .await
         .map_err(|_| "remote-server-not-found")?;
+    let valid = peer.valid_for(tls.get_ref().1.peer_certificates(), remote);
+    if !valid && server.config.s2s.require_valid_certificates {
+        tracing::info!(
+            local,
+            remote,
+            "s2s: the remote certificate is not valid for its domain (refused by policy)"
+        );
+        return Err("remote-server-not-found");
+    }
     conn.io = Transport::TlsClient(Box::new(tls));
     conn.restart();
-    let (id, _features) = open(&mut conn, local, remote).await?;
+    let (id, features) = open(&mut conn, local, remote).await?;
+    // RFC 6120 §6 / XEP-0178: a remote server that accepts our certificate
+    // offers EXTERNAL; that authenticates us without a dialback round trip.
+    if offers_external(&features) && sasl_external(&mut conn, local).await? {
+        conn.restart();
+        open(&mut conn, local, remote).await?;
+        crate::metrics::Metrics::inc(&server.metrics.s2s_out_external);
+        tracing::info!(
+            local,
+            remote,
+            "s2s: outgoing stream authenticated (SASL EXTERNAL)"
+        );
+        return Ok((conn, true));
+    }
     // XEP-0220: prove we are `local` by a key the remote server checks with us.
     let key = server.s2s.key(local, remote, &id);
     conn.write(
@@ -226,7 +256,36 @@ async fn negotiate(
     )
     .await
     .map_err(|_| "remote-server-not-found")?;
-    Ok(conn)
+    Ok((conn, false))
+}
+
+fn offers_external(features: &Element) -> bool {
+    features.get_child("mechanisms", ns::SASL).is_some_and(|m| {
+        m.children()
+            .any(|c| c.is("mechanism", ns::SASL) && c.text().trim() == "EXTERNAL")
+    })
+}
+
+/// SASL EXTERNAL as `local`: true on success, false when refused (dialback
+/// may still work on the same stream).
+async fn sasl_external(conn: &mut XmlConn, local: &str) -> Result<bool, Failure> {
+    use base64::Engine;
+    let authzid = base64::engine::general_purpose::STANDARD.encode(local);
+    let auth = format!(
+        "<auth xmlns='{}' mechanism='EXTERNAL'>{authzid}</auth>",
+        ns::SASL
+    );
+    conn.write(auth.as_bytes())
+        .await
+        .map_err(|_| "remote-server-not-found")?;
+    match conn.next().await {
+        Ok(StreamEvent::Stanza(e)) if e.is("success", ns::SASL) => Ok(true),
+        Ok(StreamEvent::Stanza(e)) if e.is("failure", ns::SASL) => {
+            tracing::info!(local, "s2s: SASL EXTERNAL refused; trying dialback");
+            Ok(false)
+        }
+        _ => Err("remote-server-not-found"),
+    }
 }
 
 /// Send our header; read theirs and the features. Returns (stream id, features).
