@@ -36,6 +36,11 @@ pub struct S2sConfig {
     /// Where other servers connect (RFC 6120: port 5269).
     pub address: String,
     pub port: u16,
+    /// A second listener where peers start with TLS (XEP-0368, advertised
+    /// as `_xmpps-server._tcp` SRV records); none by default.
+    pub direct_tls_port: Option<u16>,
+    /// Nameservers ("ip" or "ip:port") for SRV lookups; empty: /etc/resolv.conf.
+    pub nameservers: Vec<String>,
     /// Static routes, skipping DNS: remote domain → "host:port".
     pub routes: std::collections::BTreeMap<String, String>,
     /// Seconds to set up a stream (connect, TLS, authentication) before
@@ -59,6 +64,8 @@ impl Default for S2sConfig {
             enabled: true,
             address: "0.0.0.0".into(),
             port: 5269,
+            direct_tls_port: None,
+            nameservers: Vec::new(),
             routes: Default::default(),
             connect_timeout: 20,
             idle_timeout: 600,

@@ -66,6 +66,8 @@ pub struct Running {
     pub component_listener: Option<SocketAddr>,
     /// Where other servers connect, when federation is on.
     pub s2s_listener: Option<SocketAddr>,
+    /// The direct-TLS s2s listener (XEP-0368), when configured.
+    pub s2s_tls_listener: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     /// Writers that must finish (not be aborted) on shutdown.
@@ -234,34 +236,18 @@ pub async fn start(config: Config) -> Result<Running> {
         )));
     }
     let mut s2s_listener = None;
+    let mut s2s_tls_listener = None;
     if server.config.s2s.enabled {
         server.s2s.init(&server);
         let c = &server.config.s2s;
-        let addr = format!("{}:{}", c.address, c.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .with_context(|| format!("s2s listening on {addr}"))?;
-        let local = listener.local_addr()?;
-        tracing::info!(address = %local, "s2s listening");
+        let (listener, local) = s2s_listen(&server, &c.address, c.port, false).await?;
+        tasks.push(listener);
         s2s_listener = Some(local);
-        let srv = server.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((tcp, peer)) => {
-                        let Some(guard) = ConnectionGuard::new(&srv, peer.ip()) else {
-                            continue;
-                        };
-                        let srv = srv.clone();
-                        tokio::spawn(async move {
-                            crate::s2s::serve(srv, tcp, peer).await;
-                            drop(guard);
-                        });
-                    }
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-                }
-            }
-        }));
+        if let Some(port) = c.direct_tls_port {
+            let (listener, local) = s2s_listen(&server, &c.address, port, true).await?;
+            tasks.push(listener);
+            s2s_tls_listener = Some(local);
+        }
     }
     Ok(Running {
         server,
@@ -269,10 +255,47 @@ pub async fn start(config: Config) -> Result<Running> {
         http_listeners,
         component_listener,
         s2s_listener,
+        s2s_tls_listener,
         shutdown: tx,
         tasks,
         drain,
     })
+}
+
+/// A server-to-server listener (STARTTLS, or direct TLS); connections
+/// count against the same per-address limits as clients'.
+async fn s2s_listen(
+    server: &Arc<Server>,
+    address: &str,
+    port: u16,
+    direct_tls: bool,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr)> {
+    let addr = format!("{address}:{port}");
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("s2s listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, direct_tls, "s2s listening");
+    let srv = server.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => {
+                    let Some(guard) = ConnectionGuard::new(&srv, peer.ip()) else {
+                        tracing::warn!(%peer, "s2s: too many connections from this address");
+                        continue;
+                    };
+                    let srv = srv.clone();
+                    tokio::spawn(async move {
+                        crate::s2s::serve(srv, tcp, peer, direct_tls).await;
+                        drop(guard);
+                    });
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    });
+    Ok((task, local))
 }
 
 async fn accept_loop(

@@ -22,11 +22,12 @@ use tokio::time::Instant;
 
 type Refusal = (&'static str, Option<String>);
 
-pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
+/// Serve one incoming stream; `direct_tls`: TLS from the first byte (XEP-0368).
+pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let _ = tcp.set_nodelay(true);
     let mut conn = XmlConn::new(Transport::Plain(tcp), &server.config.limits);
     let mut local = server.config.hosts[0].clone();
-    match run(&server, &mut conn, &mut local).await {
+    match run(&server, &mut conn, &mut local, direct_tls).await {
         Ok(()) => {
             let _ = conn.end_stream().await;
             conn.close().await;
@@ -120,9 +121,21 @@ async fn features(server: &Server, conn: &mut XmlConn, peer: &Peer) -> Result<()
         .map_err(|_| ("internal-server-error", None))
 }
 
-async fn run(server: &Arc<Server>, conn: &mut XmlConn, local: &mut String) -> Result<(), Refusal> {
+async fn run(
+    server: &Arc<Server>,
+    conn: &mut XmlConn,
+    local: &mut String,
+    direct_tls: bool,
+) -> Result<(), Refusal> {
     let timeout = Duration::from_secs(server.config.s2s.connect_timeout.max(1));
-    let chain = tokio::time::timeout(timeout, starttls(server, conn, local))
+    let tls = async {
+        if direct_tls {
+            accept_tls(server, conn).await
+        } else {
+            starttls(server, conn, local).await
+        }
+    };
+    let chain = tokio::time::timeout(timeout, tls)
         .await
         .map_err(|_| ("connection-timeout", None))??;
     let id = crate::c2s::new_id();
@@ -200,6 +213,15 @@ async fn starttls(
     conn.write(format!("<proceed xmlns='{}'/>", ns::TLS).as_bytes())
         .await
         .map_err(|_| ("internal-server-error", None))?;
+    accept_tls(server, conn).await
+}
+
+/// The TLS handshake (our certificate, theirs requested); returns the
+/// chain the peer presented, if any.
+async fn accept_tls(
+    server: &Server,
+    conn: &mut XmlConn,
+) -> Result<Option<Vec<CertificateDer<'static>>>, Refusal> {
     let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
         return Err(("internal-server-error", None));
     };

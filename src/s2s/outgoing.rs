@@ -1,6 +1,7 @@
 //! One outgoing server-to-server stream (local domain → remote domain):
-//! connect, STARTTLS, authenticate by dialback, then write queued stanzas
-//! and dialback verification requests until idle.
+//! connect (resolve.rs), TLS (STARTTLS, or direct TLS per XEP-0368),
+//! authenticate by SASL EXTERNAL or else dialback, then write queued
+//! stanzas and dialback verification requests until idle.
 
 use super::{DIALBACK_NS, NS, Out, resolve, wire};
 use crate::c2s::conn::XmlConn;
@@ -178,16 +179,22 @@ async fn establish(
     local: &str,
     remote: &str,
 ) -> Result<(XmlConn, bool), Failure> {
-    let addrs = resolve::addresses(&server.config.s2s, remote).await;
-    for addr in addrs {
-        let Ok(tcp) = TcpStream::connect(addr).await else {
-            tracing::debug!(remote, %addr, "s2s: connect failed");
+    let targets = resolve::targets(&server.config.s2s, remote).await;
+    let mut failure = "remote-server-not-found";
+    for t in targets {
+        let Ok(tcp) = TcpStream::connect(t.addr).await else {
+            tracing::debug!(remote, addr = %t.addr, "s2s: connect failed");
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        return negotiate(server, tcp, local, remote).await;
+        tracing::debug!(remote, addr = %t.addr, direct_tls = t.direct_tls, "s2s: connected");
+        // A target that fails TLS or authentication: the next one may do better.
+        match negotiate(server, tcp, local, remote, t.direct_tls).await {
+            Ok(c) => return Ok(c),
+            Err(f) => failure = f,
+        }
     }
-    Err("remote-server-not-found")
+    Err(failure)
 }
 
 async fn negotiate(
@@ -195,19 +202,22 @@ async fn negotiate(
     tcp: TcpStream,
     local: &str,
     remote: &str,
+    direct_tls: bool,
 ) -> Result<(XmlConn, bool), Failure> {
     let mut conn = XmlConn::new(Transport::Plain(tcp), &server.config.limits);
-    let (_, features) = open(&mut conn, local, remote).await?;
-    // Encryption is required: a server that offers no STARTTLS gets nothing.
-    if !features.has_child("starttls", ns::TLS) {
-        return Err("remote-server-not-found");
-    }
-    conn.write(format!("<starttls xmlns='{}'/>", ns::TLS).as_bytes())
-        .await
-        .map_err(|_| "remote-server-not-found")?;
-    match conn.next().await {
-        Ok(StreamEvent::Stanza(p)) if p.is("proceed", ns::TLS) => {}
-        _ => return Err("remote-server-not-found"),
+    if !direct_tls {
+        let (_, features) = open(&mut conn, local, remote).await?;
+        // Encryption is required: a server that offers no STARTTLS gets nothing.
+        if !features.has_child("starttls", ns::TLS) {
+            return Err("remote-server-not-found");
+        }
+        conn.write(format!("<starttls xmlns='{}'/>", ns::TLS).as_bytes())
+            .await
+            .map_err(|_| "remote-server-not-found")?;
+        match conn.next().await {
+            Ok(StreamEvent::Stanza(p)) if p.is("proceed", ns::TLS) => {}
+            _ => return Err("remote-server-not-found"),
+        }
     }
     let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
         return Err("remote-server-not-found");

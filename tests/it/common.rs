@@ -134,7 +134,7 @@ impl TestServer {
 
     pub async fn add_user(&self, user: &str, password: &str) {
         let creds = AccountCredentials::from_password(password);
-        let jid = format!("{user}@{DOMAIN}");
+        let jid = format!("{user}@{}", self.config.hosts[0]);
         assert!(
             self.running()
                 .server
@@ -183,9 +183,9 @@ pub struct Client {
     stash: VecDeque<Element>,
     pub jid: String,
     next_id: u32,
+    /// The domain streams are opened to.
+    pub domain: String,
 }
-
-const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
@@ -213,6 +213,7 @@ impl Client {
             stash: VecDeque::new(),
             jid: String::new(),
             next_id: 0,
+            domain: DOMAIN.into(),
         }
     }
 
@@ -346,7 +347,11 @@ impl Client {
     }
 
     pub async fn open(&mut self) -> Element {
-        self.send(HEADER).await;
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
+            self.domain
+        );
+        self.send(&header).await;
         self.recv().await // features
     }
 
@@ -547,7 +552,19 @@ impl Client {
 
     /// STARTTLS + SCRAM-SHA-256 + bind.
     pub async fn login(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Client {
+        Client::login_to(addr, DOMAIN, user, password, resource).await
+    }
+
+    /// `login` on a server that serves `domain`.
+    pub async fn login_to(
+        addr: SocketAddr,
+        domain: &str,
+        user: &str,
+        password: &str,
+        resource: &str,
+    ) -> Client {
         let mut c = Client::connect(addr).await;
+        c.domain = domain.into();
         c.starttls().await;
         c.open().await;
         let r = c.scram("SCRAM-SHA-256", user, password).await;

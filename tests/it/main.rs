@@ -13,6 +13,7 @@ mod im;
 mod mam;
 mod muc;
 mod pep;
+mod s2s;
 mod sasl2;
 mod sm;
 mod storage;
