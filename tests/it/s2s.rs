@@ -207,3 +207,50 @@ async fn oversized_stanza_on_a_server_stream_is_refused() {
     let got = String::from_utf8_lossy(&got);
     assert!(got.contains("policy-violation"), "{got}");
 }
+
+#[tokio::test]
+async fn a_stuck_remote_server_delays_nobody_else() {
+    let f = federation().await;
+    let (b_plain, _) = f.b_ports();
+    f.set_b(vec![], vec![(0, b_plain)]);
+    f.a.add_user("carol", "pw").await;
+    // stuck.test accepts connections and never says a word.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_port = stuck.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stuck.accept().await {
+            held.push(s);
+        }
+    });
+    f.zone
+        .lock()
+        .unwrap()
+        .insert("_xmpp-server._tcp.stuck.test".into(), vec![(0, stuck_port)]);
+
+    let mut alice = Client::login_to(f.a.addr(), "a.test", "alice", "pw", "r").await;
+    let mut carol = Client::login_to(f.a.addr(), "a.test", "carol", "pw", "r").await;
+    let mut bob = Client::login_to(f.b.addr(), "b.test", "bob", "pw", "r").await;
+    for (i, to) in [
+        "x@stuck.test",
+        "carol@a.test/r",
+        "bob@b.test/r",
+        "y@stuck.test",
+    ]
+    .iter()
+    .enumerate()
+    {
+        alice
+            .send(&format!(
+                "<message to='{to}' type='chat' id='s{i}'><body>{i}</body></message>"
+            ))
+            .await;
+    }
+    // Both arrive while the link to stuck.test is still being set up (its
+    // connect timeout, 20 s, is longer than the wait here).
+    carol
+        .recv_until(|e| e.name() == "message" && e.attr("id") == Some("s1"))
+        .await;
+    bob.recv_until(|e| e.name() == "message" && e.attr("id") == Some("s2"))
+        .await;
+}
