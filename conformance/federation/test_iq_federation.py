@@ -6,6 +6,7 @@ the conversation."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 import pytest
@@ -63,6 +64,15 @@ async def test_last_activity_for_a_subscribed_remote_contact(xm, peer):
     stranger = await login(peer, "bob", "fed-last", PLUGINS)
     try:
         await warm_up(bob, friend)
+        # Start from no relationship: the peers keep rosters between runs.
+        for c, other in ((friend, bob), (bob, friend)):
+            try:
+                await asyncio.wait_for(c.del_roster_item(JID(other.boundjid.bare)), FED_TIMEOUT)
+            except Exception:
+                pass
+        await asyncio.sleep(1)
+        for c in (bob, friend):  # what the clean-up caused is not what we test
+            c.inbox._consumed.update(range(len(c.inbox.items)))
         # friend subscribes to bob@xmppd's presence; bob approves.
         friend.send_presence(pto=JID(bob.boundjid.bare), ptype="subscribe")
         await expect(bob, lambda s: s.name == "presence" and s["type"] == "subscribe"

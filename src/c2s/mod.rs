@@ -11,6 +11,9 @@ use crate::config::TlsMode;
 use crate::net::Transport;
 use crate::router::{Kill, SessionHandle};
 use crate::sasl::{self, HashAlg, SaslFailure, ScramServer};
+
+/// XEP-0440 channel-binding types we announce (TLS 1.3 streams only).
+const CB_TYPES: &[&str] = &["tls-exporter"];
 use crate::server::Server;
 use crate::stanza;
 use crate::xml::{BuilderExt, ElementExt, StreamEvent, StreamHeader, el, ns};
@@ -272,11 +275,11 @@ impl Negotiation {
             }
             f = f.c(mechs.build());
             if conn.io.channel_binding().is_some() {
-                f = f.c(el("sasl-channel-binding", ns::SASL_CB)
-                    .c(el("channel-binding", ns::SASL_CB)
-                        .a("type", "tls-exporter")
-                        .build())
-                    .build());
+                let mut cb = el("sasl-channel-binding", ns::SASL_CB);
+                for t in CB_TYPES {
+                    cb = cb.c(el("channel-binding", ns::SASL_CB).a("type", *t).build());
+                }
+                f = f.c(cb.build());
             }
             if conn.io.is_tls() {
                 f = f.c(self.sasl2_feature(conn));
@@ -520,7 +523,14 @@ impl Negotiation {
         };
         let cb = conn.io.channel_binding();
         let offered_plus = cb.is_some();
-        let mut scram = ScramServer::new(alg, plus, cb, offered_plus);
+        // XEP-0474: SASL and SASL2 advertise the same mechanisms; XEP-0440
+        // types are announced where the stream can bind.
+        let h = sasl::ssdp::hash(
+            alg,
+            &self.mechanisms(conn),
+            offered_plus.then_some(CB_TYPES),
+        );
+        let mut scram = ScramServer::new(alg, plus, cb, offered_plus).with_downgrade_hash(h);
         let Some(first) = data.filter(|d| !d.is_empty()) else {
             return self
                 .fail(conn, SaslFailure::MalformedRequest, None)

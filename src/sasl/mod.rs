@@ -6,6 +6,7 @@
 
 pub mod ht;
 pub mod scram;
+pub mod ssdp;
 
 pub use scram::{HashAlg, ScramCredentials, ScramServer};
 

@@ -36,7 +36,7 @@ impl HashAlg {
         }
     }
 
-    fn hash(self, data: &[u8]) -> Vec<u8> {
+    pub(crate) fn hash(self, data: &[u8]) -> Vec<u8> {
         use sha2::Digest;
         match self {
             HashAlg::Sha1 => sha1::Sha1::digest(data).to_vec(),
@@ -122,6 +122,8 @@ pub struct ScramServer {
     gs2_header: String,
     pub username: String,
     pub authzid: Option<String>,
+    /// XEP-0474 `h` for the server-first-message, when the caller sets it.
+    downgrade_hash: Option<String>,
     state: State,
 }
 
@@ -135,8 +137,15 @@ impl ScramServer {
             gs2_header: String::new(),
             username: String::new(),
             authzid: None,
+            downgrade_hash: None,
             state: State::Start,
         }
+    }
+
+    /// Send XEP-0474 downgrade protection (`h=`) in the server-first-message.
+    pub fn with_downgrade_hash(mut self, h: String) -> Self {
+        self.downgrade_hash = Some(h);
+        self
     }
 
     /// Parse client-first; returns the (SASLprep'd) username to look up.
@@ -208,6 +217,10 @@ impl ScramServer {
             None => (random_bytes(16), DEFAULT_ITERATIONS),
         };
         *server_first = format!("r={nonce},s={},i={iter}", B64.encode(salt));
+        if let Some(h) = &self.downgrade_hash {
+            server_first.push_str(",h=");
+            server_first.push_str(h);
+        }
         *slot = creds;
         Ok(server_first.clone().into_bytes())
     }

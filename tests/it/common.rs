@@ -185,6 +185,8 @@ pub struct Client {
     next_id: u32,
     /// The domain streams are opened to.
     pub domain: String,
+    /// The last SCRAM server-first-message received.
+    pub server_first: String,
 }
 
 impl Client {
@@ -214,6 +216,7 @@ impl Client {
             jid: String::new(),
             next_id: 0,
             domain: DOMAIN.into(),
+            server_first: String::new(),
         }
     }
 
@@ -406,6 +409,7 @@ impl Client {
             return ch;
         }
         let server_first = String::from_utf8(B64.decode(ch.text()).unwrap()).unwrap();
+        self.server_first = server_first.clone();
         let (salt, iter) = scram::parse_server_first(&server_first).unwrap();
         let keys = scram::keys(alg, password, &salt, iter);
         let mut cb = gs2.as_bytes().to_vec();
@@ -458,6 +462,7 @@ impl Client {
         }
         assert_eq!(ch.ns(), NS, "SASL2 challenge namespace");
         let server_first = String::from_utf8(B64.decode(ch.text()).unwrap()).unwrap();
+        self.server_first = server_first.clone();
         let (salt, iter) = scram::parse_server_first(&server_first).unwrap();
         let keys = scram::keys(alg, password, &salt, iter);
         let (fin, sig) = scram::final_message(alg, &keys, &bare, &server_first, b"n,,");

@@ -16,6 +16,7 @@ mod pep;
 mod s2s;
 mod sasl2;
 mod sm;
+mod ssdp;
 mod storage;
 mod upload;
 mod websocket;

@@ -568,3 +568,30 @@ async fn shutdown_tells_occupants_332() {
         .await;
     assert!(codes(&p).contains(&"332".into()), "{}", xml(&p));
 }
+
+/// XEP-0249 direct invitations are client-to-client messages: the server
+/// passes the `jabber:x:conference` payload on unchanged, also to an offline
+/// invitee (offline storage), so a room invitation is never lost.
+#[tokio::test]
+async fn direct_invitations_reach_the_invitee() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob"] {
+        s.add_user(u, "pw").await;
+    }
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    let invite = "<x xmlns='jabber:x:conference' jid='den@conference.localhost' password='cauldronburn' reason='Hey Bob, come to the den'/>";
+    alice
+        .send(&format!(
+            "<message to='bob@localhost' id='inv1'>{invite}</message>"
+        ))
+        .await;
+    alice.sync().await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    let m = bob
+        .recv_until(|e| e.name() == "message" && e.attr("id") == Some("inv1"))
+        .await;
+    let x = m.get_child("x", "jabber:x:conference").expect("invitation");
+    assert_eq!(x.attr("jid"), Some("den@conference.localhost"));
+    assert_eq!(x.attr("password"), Some("cauldronburn"));
+    assert_eq!(m.attr("from"), Some("alice@localhost/r"));
+}

@@ -281,3 +281,78 @@ async fn private_storage_and_bookmarks_in_both_formats() {
     let r = items(&mut new, "alice@localhost", "urn:xmpp:bookmarks:1").await;
     assert!(!xml(&r).contains("team@"), "{}", xml(&r));
 }
+
+/// XEP-0115 §5.4: a client whose disco#info does not hash to the `ver` it
+/// announced cannot make the server believe that of other clients with the
+/// same `ver`: they are asked themselves, and answers that verify are shared.
+#[tokio::test]
+async fn caps_that_do_not_verify_poison_nobody() {
+    let s = TestServer::start().await;
+    for u in ["alice", "mallory", "bob"] {
+        s.add_user(u, "pw").await;
+    }
+    let honest: Element = format!(
+        "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='client' type='pc'/><feature var='{AVATAR}+notify'/></query>"
+    )
+    .parse()
+    .unwrap();
+    let ver = xmppd::xep::caps::verification_hash(&honest, "sha-1").unwrap();
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    // Mallory announces that ver and answers without the +notify feature.
+    let mut mallory = Client::online(s.addr(), "mallory", "pw", "r").await;
+    announce_caps(&mut mallory, &ver, &[]).await;
+    mallory.sync().await;
+
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    bob.send("<presence to='alice@localhost' type='subscribe'/>")
+        .await;
+    alice
+        .recv_until(|e| e.attr("type") == Some("subscribe"))
+        .await;
+    alice
+        .send("<presence to='bob@localhost' type='subscribed'/>")
+        .await;
+    bob.recv_until(|e| e.attr("type") == Some("subscribed"))
+        .await;
+    // Bob is asked (announce_caps waits for the query): Mallory's answer was not cached for him.
+    announce_caps(&mut bob, &ver, &[AVATAR]).await;
+    bob.sync().await;
+    alice.iq(&publish(AVATAR, "av1", "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='av1' bytes='12' type='image/png'/></metadata>", "")).await;
+    let ev = bob.recv_until(|e| e.has_child("event", EV)).await;
+    assert!(xml(&ev).contains("item id='av1'"), "{}", xml(&ev));
+}
+
+/// XEP-0223: private data in PEP, published with the options the XEP names
+/// (persist_items, whitelist access); it survives a restart and only the
+/// owner reads it.
+#[tokio::test]
+async fn xep0223_private_pep_storage() {
+    let mut s = TestServer::start().await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let node = "urn:xmpp:example:private";
+    let opts = format!(
+        "{}{}",
+        field("pubsub#persist_items", "true"),
+        field("pubsub#access_model", "whitelist")
+    );
+    let mut alice = s.login("alice", "pw", "r").await;
+    let r = alice
+        .iq(&publish(
+            node,
+            "current",
+            "<secret xmlns='urn:xmpp:example'>42</secret>",
+            &opts,
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", xml(&r));
+    alice.close().await;
+    s.restart().await;
+    let mut alice = s.login("alice", "pw", "r").await;
+    let r = items(&mut alice, "alice@localhost", node).await;
+    assert!(xml(&r).contains(">42<"), "{}", xml(&r));
+    let mut bob = s.login("bob", "pw", "r").await;
+    let r = items(&mut bob, "alice@localhost", node).await;
+    assert_eq!(r.attr("type"), Some("error"), "{}", xml(&r));
+    assert!(!xml(&r).contains(">42<"));
+}
