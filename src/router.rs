@@ -118,6 +118,13 @@ impl SessionHandle {
         }
     }
 
+    /// Queue a serialized stanza, waiting for room; `false` once the session
+    /// is gone. Only for senders other than the session's own task (which
+    /// would wait for itself): bulk deliveries such as a large offline backlog.
+    pub async fn send_wait(&self, data: Bytes) -> bool {
+        self.tx.send(data).await.is_ok()
+    }
+
     pub fn kill(&self, reason: Kill) {
         let mut r = self.shared.kill_reason.lock().unwrap();
         if r.is_none() {

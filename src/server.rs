@@ -314,8 +314,11 @@ async fn accept_loop(
                         continue;
                     };
                     let server = server.clone();
+                    let session = crate::c2s::serve(server, tcp, peer, mode);
+                    // Every connection holds its task's state: keep it small (BENCHMARKS.md).
+                    tracing::trace!(bytes = std::mem::size_of_val(&session), "c2s task state");
                     tokio::spawn(async move {
-                        crate::c2s::serve(server, tcp, peer, mode).await;
+                        session.await;
                         drop(guard);
                     });
                 }

@@ -10,6 +10,7 @@ use crate::storage::now_unix;
 use crate::util::xmpp_datetime;
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use async_trait::async_trait;
+use bytes::Bytes;
 use jid::BareJid;
 use minidom::Element;
 use std::sync::Arc;
@@ -85,7 +86,11 @@ pub async fn store(server: &Server, owner: &BareJid, msg: &Element) -> Stored {
 }
 
 /// Send everything stored for the session's account to it, oldest first.
-pub async fn deliver(server: &Server, h: &SessionHandle) {
+/// What fits comfortably in the session's queue goes at once; a larger
+/// backlog is fed by a task that waits for room as the session writes (the
+/// session's own task cannot wait for its queue to drain). Stored messages
+/// are deleted only once all of them are queued.
+pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
     let owner = h.jid.to_bare();
     let msgs = match server
         .storage
@@ -102,27 +107,49 @@ pub async fn deliver(server: &Server, h: &SessionHandle) {
     let Some(last) = msgs.last().map(|(id, _)| *id) else {
         return;
     };
-    for (_, xml) in &msgs {
-        match xml.parse::<Element>() {
-            Ok(mut m) => {
-                m.set("to", h.jid.as_str());
-                if !h.send(to_bytes(&m)) {
-                    // The session went away: keep everything for the next one.
-                    return;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "skipping unreadable offline message"),
+    let at_once = (server.config.limits.outbound_queue / 2).max(1);
+    let addressed = |xml: &str| match xml.parse::<Element>() {
+        Ok(mut m) => {
+            m.set("to", h.jid.as_str());
+            Some(to_bytes(&m))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping unreadable offline message");
+            None
+        }
+    };
+    let count = msgs.len();
+    let mut rest = msgs.into_iter();
+    for (_, xml) in rest.by_ref().take(at_once) {
+        if let Some(b) = addressed(&xml)
+            && !h.send(b)
+        {
+            return; // the session went away: keep everything for the next one
         }
     }
-    if let Err(e) = server
-        .storage
-        .offline
-        .delete_offline(owner.as_str(), last)
-        .await
-    {
-        tracing::error!(error = %e, "deleting delivered offline messages failed");
+    let backlog: Vec<Bytes> = rest.filter_map(|(_, xml)| addressed(&xml)).collect();
+    let (server, h) = (server.clone(), h.clone());
+    let finish = async move {
+        for b in backlog {
+            if !h.send_wait(b).await {
+                return;
+            }
+        }
+        if let Err(e) = server
+            .storage
+            .offline
+            .delete_offline(owner.as_str(), last)
+            .await
+        {
+            tracing::error!(error = %e, "deleting delivered offline messages failed");
+        }
+        tracing::debug!(jid = %h.jid, count, "delivered offline messages");
+    };
+    if count > at_once {
+        tokio::spawn(finish);
+    } else {
+        finish.await;
     }
-    tracing::debug!(jid = %h.jid, count = msgs.len(), "delivered offline messages");
 }
 
 /// Drop messages older than the retention period, hourly.

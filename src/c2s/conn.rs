@@ -10,11 +10,19 @@ use crate::xml::{StreamEvent, StreamParser, XmlError};
 use axum::extract::ws::{Message, WebSocket};
 use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 const READ_CHUNK: usize = 4096;
+
+thread_local! {
+    /// One read buffer per thread, borrowed only inside a poll.
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const WS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 
@@ -54,7 +62,6 @@ pub struct XmlConn {
     pub io: Transport,
     parser: StreamParser,
     events: VecDeque<StreamEvent>,
-    buf: Vec<u8>,
     max_stanza: usize,
     max_depth: usize,
     rate: RateLimit,
@@ -65,11 +72,6 @@ pub struct XmlConn {
 impl XmlConn {
     pub fn new(io: Transport, limits: &LimitsConfig) -> Self {
         XmlConn {
-            buf: if io.is_websocket() {
-                Vec::new()
-            } else {
-                vec![0u8; READ_CHUNK]
-            },
             io,
             parser: StreamParser::new(limits.max_stanza_bytes, limits.max_depth),
             events: VecDeque::new(),
@@ -113,15 +115,36 @@ impl XmlConn {
             self.events.push_back(ev);
             return Ok(());
         }
-        let n = self.io.read(&mut self.buf).await?;
-        if n == 0 {
-            return Err(ConnError::Eof);
-        }
-        self.rate.tokens -= n as f64;
-        let mut out = Vec::new();
-        let r = self.parser.feed(&self.buf[..n], &mut out);
-        self.events.extend(out);
-        r.map_err(ConnError::Xml)
+        // Read into the worker thread's buffer and parse within the same
+        // poll: the buffer is never held across an await, so an idle
+        // connection owns no read buffer (idle memory, BENCHMARKS.md).
+        let (io, parser, events, rate) = (
+            &mut self.io,
+            &mut self.parser,
+            &mut self.events,
+            &mut self.rate,
+        );
+        std::future::poll_fn(|cx| {
+            READ_BUF.with_borrow_mut(|buf| {
+                let mut rb = ReadBuf::new(&mut buf[..]);
+                match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(ConnError::Io(e))),
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                        Poll::Ready(Err(ConnError::Eof))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let data = rb.filled();
+                        rate.tokens -= data.len() as f64;
+                        let mut out = Vec::new();
+                        let r = parser.feed(data, &mut out);
+                        events.extend(out);
+                        Poll::Ready(r.map_err(ConnError::Xml))
+                    }
+                }
+            })
+        })
+        .await
     }
 
     /// The next event, reading as needed.

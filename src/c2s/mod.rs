@@ -64,6 +64,21 @@ impl From<std::io::Error> for Abort {
 
 /// Serve one accepted TCP connection until it ends.
 pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: TlsMode) {
+    // Two boxed phases: what the TLS handshake and the negotiation needed is
+    // freed once the session is bound, so the task itself stays tiny.
+    let Some(conn) = Box::pin(accept(server.clone(), tcp, peer, mode)).await else {
+        return;
+    };
+    run(server, Box::new(conn), peer).await;
+}
+
+/// TCP to an `XmlConn`: direct TLS handshake where the listener wants it.
+async fn accept(
+    server: Arc<Server>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mode: TlsMode,
+) -> Option<XmlConn> {
     let _ = tcp.set_nodelay(true);
     let io = match mode {
         TlsMode::Starttls => Transport::Plain(tcp),
@@ -73,19 +88,18 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: 
                 Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+                    return None;
                 }
-                Err(_) => return,
+                Err(_) => return None,
             }
         }
     };
-    let conn = XmlConn::new(io, &server.config.limits);
-    run(server, conn, peer).await;
+    Some(XmlConn::new(io, &server.config.limits))
 }
 
 /// Serve a connection on an already prepared transport (BOSH) until it ends.
 pub async fn serve_transport(server: Arc<Server>, io: Transport, peer: SocketAddr) {
-    let conn = XmlConn::new(io, &server.config.limits);
+    let conn = Box::new(XmlConn::new(io, &server.config.limits));
     let m = server.clone();
     crate::metrics::Metrics::inc(&m.metrics.bosh_opened);
     crate::metrics::Metrics::inc(&m.metrics.bosh_open);
@@ -106,7 +120,7 @@ pub async fn serve_websocket(
         ws: Box::new(ws),
         secure,
     };
-    let conn = XmlConn::new(io, &server.config.limits);
+    let conn = Box::new(XmlConn::new(io, &server.config.limits));
     let m = server.clone();
     crate::metrics::Metrics::inc(&m.metrics.websocket_opened);
     crate::metrics::Metrics::inc(&m.metrics.websocket_open);
@@ -117,7 +131,25 @@ pub async fn serve_websocket(
 }
 
 /// Negotiate, then run the session, on any transport.
-async fn run(server: Arc<Server>, mut conn: XmlConn, peer: SocketAddr) {
+async fn run(server: Arc<Server>, conn: Box<XmlConn>, peer: SocketAddr) {
+    let negotiated = Box::pin(negotiate(server.clone(), *conn, peer)).await;
+    if let Some((conn, bound)) = negotiated {
+        let session = Box::pin(session::run(server, conn, bound));
+        tracing::trace!(
+            bytes = std::mem::size_of_val(&*session),
+            conn = std::mem::size_of::<XmlConn>(),
+            "bound session state"
+        );
+        session.await
+    }
+}
+
+/// Stream negotiation up to a bound session; on failure the stream is ended here.
+async fn negotiate(
+    server: Arc<Server>,
+    mut conn: XmlConn,
+    peer: SocketAddr,
+) -> Option<(XmlConn, Bound)> {
     let mut neg = Negotiation {
         server: server.clone(),
         peer,
@@ -137,7 +169,7 @@ async fn run(server: Arc<Server>, mut conn: XmlConn, peer: SocketAddr) {
         )),
     };
     match outcome {
-        Ok(bound) => session::run(server, conn, bound).await,
+        Ok(bound) => return Some((conn, bound)),
         Err(Abort::StreamError(cond, text)) => {
             let domain = neg.domain.clone();
             conn.stream_error(cond, text.as_deref(), &domain).await;
@@ -150,6 +182,7 @@ async fn run(server: Arc<Server>, mut conn: XmlConn, peer: SocketAddr) {
             conn.close().await;
         }
     }
+    None
 }
 
 /// What a successful negotiation hands to the session loop.

@@ -120,7 +120,9 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
         if let Some(c) = conn.as_mut() {
             while let Some(ev) = c.pop() {
                 let flow = match ev {
-                    StreamEvent::Stanza(e) => s.element(c, e).await,
+                    // Boxed: handlers (storage, modules) need large futures
+                    // only while they run; an idle session keeps none.
+                    StreamEvent::Stanza(e) => Box::pin(s.element(c, e)).await,
                     StreamEvent::Close => Flow::End(End::Closed),
                     StreamEvent::Header(_) => Flow::End(End::StreamError("not-well-formed", None)),
                 };
@@ -146,7 +148,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
             biased;
             k = handle.shared.killed() => break End::Killed(k),
             Some(r) = resumption(&mut s.resume_rx) => {
-                match s.resume(r).await {
+                match Box::pin(s.resume(r)).await {
                     Some(c) => {
                         conn = Some(c);
                         lost_at = None;
@@ -196,12 +198,12 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                     // A client that stops reading blocks this write; a kill (queue
                     // overflow, conflict) must still end the session promptly.
                     let written = tokio::select! {
-                        r = c.write_frames(&refs) => r.is_ok(),
+                        r = Box::pin(c.write_frames(&refs)) => r.is_ok(),
                         _ = handle.shared.killed() => false,
                     };
                     broken = !written;
                     if written {
-                        inflight.clear();
+                        inflight = Vec::new(); // no capacity kept while idle
                     }
                 }
             }
@@ -237,7 +239,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                         sm.record_sent(bytes.clone());
                     }
                     if let Some(c) = conn.as_mut() {
-                        broken = c.write(&bytes).await.is_err();
+                        broken = Box::pin(c.write(&bytes)).await.is_err();
                     }
                 }
             }
@@ -254,7 +256,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
         }
     };
 
-    s.finish(end, conn, rx, inflight).await;
+    Box::pin(s.finish(end, conn, rx, inflight)).await;
 }
 
 impl Session {

@@ -10,6 +10,7 @@ use crate::xml::{BuilderExt, ElementExt, el, ns};
 use jid::{BareJid, Jid};
 use minidom::Element;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Per-session presence state kept by the session task.
 #[derive(Default)]
@@ -27,7 +28,7 @@ fn priority(p: &Element) -> i8 {
 
 /// A presence stanza from the user's session (`from` already stamped).
 pub async fn outbound(
-    server: &Server,
+    server: &Arc<Server>,
     h: &SessionHandle,
     st: &mut PresenceState,
     mut p: Element,
@@ -62,7 +63,11 @@ pub async fn outbound(
     }
 }
 
-async fn broadcast_available(server: &Server, h: &SessionHandle, mut p: Element) -> Result<()> {
+async fn broadcast_available(
+    server: &Arc<Server>,
+    h: &SessionHandle,
+    mut p: Element,
+) -> Result<()> {
     let user = h.jid.to_bare();
     p.unset("to");
     let initial = h.shared.available().is_none();

@@ -366,3 +366,36 @@ async fn receipts_and_markers_in_every_state() {
     }
     assert_eq!(kinds, vec!["r1", "rc1", "mk1"]);
 }
+
+/// An offline backlog larger than the session's outbound queue is delivered
+/// whole and in order, without the session being cut off as a slow reader.
+async fn offline_backlog_beyond_the_queue(backend: Backend) {
+    let s = TestServer::start_with(backend, |c| c.limits.outbound_queue = 16).await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
+    const N: usize = 200;
+    for i in 0..N {
+        alice
+            .send(&format!(
+                "<message to='bob@localhost' type='chat' id='b{i}'><body>{i}</body></message>"
+            ))
+            .await;
+    }
+    alice.sync().await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r").await;
+    for i in 0..N {
+        let m = bob.recv_until(|e| e.name() == "message").await;
+        assert_eq!(body(&m), i.to_string(), "message {i} in order");
+    }
+    // Still connected, and nothing is left for the next login.
+    bob.sync().await;
+    bob.close().await;
+    let mut bob = Client::online(s.addr(), "bob", "pw", "r2").await;
+    alice
+        .send("<message to='bob@localhost' type='chat' id='after'><body>after</body></message>")
+        .await;
+    let m = bob.recv_until(|e| e.name() == "message").await;
+    assert_eq!(body(&m), "after", "no offline message delivered twice");
+}
+on_both_backends!(offline_backlog_beyond_the_queue => offline_backlog_beyond_the_queue_sqlite, offline_backlog_beyond_the_queue_postgres);
