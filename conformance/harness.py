@@ -112,6 +112,8 @@ def toml_value(v) -> str:
         return toml_str(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table, e.g. a [components] service
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise HarnessError(f"cannot render {v!r} as a TOML value")
 
 
@@ -156,6 +158,7 @@ class Server:
     domain = "localhost"
     starttls_port = 0
     tls_port = 0
+    component_port = 0  # XEP-0114 listener, when the config has [components] services
     max_stanza_bytes = 262144
     registration_open = False
     version_name: str | None = None
@@ -250,6 +253,7 @@ class XmppdServer(Server):
         self.proc: subprocess.Popen | None = None
         self.tmp: Path | None = None
         self.http_port = 0
+        self.component_port = 0
         self.pg_db: str | None = None
         self._pool: list[Account] = []
         self._counter = 0
@@ -261,7 +265,12 @@ class XmppdServer(Server):
             raise HarnessError(f"xmppd binary not found at {self.binary} (set XMPPD_BIN)")
         self.tmp = Path(tempfile.mkdtemp(prefix="xmppd-conformance-"))
         (self.tmp / "data").mkdir()
-        self.starttls_port, self.tls_port, http_port = free_ports(3)
+        self.starttls_port, self.tls_port, http_port, component_port = free_ports(4)
+        # With component services configured (`config={"components": {"services":
+        # [{"domain": ..., "secret": ...}]}}`) and no port given, their XEP-0114
+        # listener goes on a free loopback port too.
+        self._component_port_free = self._wants_component_port()
+        self.component_port = component_port if self._component_port_free else 0
         # Newer xmppd builds also serve HTTP (default 0.0.0.0:5280/5443): keep
         # it on loopback and on a free port so servers can run side by side.
         self.http_port = http_port if "http" not in self.extra_config and self._accepts("[http]\nlisteners = []") else 0
@@ -284,8 +293,9 @@ class XmppdServer(Server):
                 if "Address already in use" not in str(e) or attempt == 2:
                     self.stop()  # no leftover temp dir or scratch database
                     raise
-                self.starttls_port, self.tls_port, http_port = free_ports(3)
+                self.starttls_port, self.tls_port, http_port, component_port = free_ports(4)
                 self.http_port = http_port if self.http_port else 0
+                self.component_port = component_port if self._component_port_free else 0
                 self.config_path.write_text(self.render_config())
         return self
 
@@ -299,6 +309,8 @@ class XmppdServer(Server):
             tables["s2s"] = {"enabled": False}
         for name, opts in self.extra_config.items():
             tables.setdefault(name, {}).update(opts)
+        if self.component_port:
+            tables["components"] = {"address": LOOPBACK, "port": self.component_port, **tables["components"]}
         lines = [
             f"hosts = [{toml_str(self.domain)}]",
             f"data_dir = {toml_str(str(self.tmp / 'data'))}",
@@ -327,6 +339,10 @@ class XmppdServer(Server):
                       f"listeners = [{{ address = {toml_str(LOOPBACK)}, port = {self.http_port}, tls = false }}]",
                       ""]
         return "\n".join(lines)
+
+    def _wants_component_port(self) -> bool:
+        comp = self.extra_config.get("components", {})
+        return bool(comp.get("services")) and "port" not in comp
 
     _accepted: dict = {}
 
@@ -381,7 +397,8 @@ class XmppdServer(Server):
             env=env, start_new_session=True,
         )
         try:
-            wait_for_ports(LOOPBACK, [self.starttls_port, self.tls_port, self.http_port], STARTUP_TIMEOUT,
+            wait_for_ports(LOOPBACK, [self.starttls_port, self.tls_port, self.http_port, self.component_port],
+                           STARTUP_TIMEOUT,
                            alive=lambda: self.proc is not None and self.proc.poll() is None)
         except HarnessError as e:
             tail = self.log_since(0)[-6000:]

@@ -378,12 +378,14 @@ impl Pep {
         let node_name = node_name.as_str();
         let requester = req.from.to_bare();
         if !may_read(server, owner, &node, &requester).await {
-            let specific = match node.access_model.as_str() {
-                "presence" => "presence-subscription-required",
-                "roster" => "not-in-roster-group",
-                _ => "closed-node",
+            // XEP-0060 §6.5.9.6-8: subscription and roster models are
+            // not-authorized (auth); a whitelist is not-allowed (cancel).
+            let (condition, specific) = match node.access_model.as_str() {
+                "presence" => ("not-authorized", "presence-subscription-required"),
+                "roster" => ("not-authorized", "not-in-roster-group"),
+                _ => ("not-allowed", "closed-node"),
             };
-            return pubsub_error(iq, "not-authorized", Some(specific));
+            return pubsub_error(iq, condition, Some(specific));
         }
         let ids: Vec<String> = items
             .children()

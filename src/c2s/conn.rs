@@ -95,13 +95,19 @@ impl XmlConn {
     }
 
     pub fn pop(&mut self) -> Option<StreamEvent> {
-        self.events.pop_front()
+        let ev = self.events.pop_front();
+        if ev.is_none() && self.events.capacity() > 0 {
+            self.events = VecDeque::new(); // keep no capacity while idle
+        }
+        ev
     }
 
     /// Read once and parse. Cancel-safe: nothing is consumed until the read returns.
     pub async fn read_some(&mut self) -> Result<(), ConnError> {
+        // The rare and the framed paths are boxed: this future is part of
+        // every idle session's state, so only the byte-stream read stays inline.
         if let Some(d) = self.rate.delay() {
-            tokio::time::sleep(d).await;
+            Box::pin(tokio::time::sleep(d)).await;
         }
         if let Transport::Bosh { inbound, .. } = &mut self.io {
             let ev = inbound.recv().await.ok_or(ConnError::Eof)?;
@@ -109,7 +115,7 @@ impl XmlConn {
             return Ok(());
         }
         if let Transport::WebSocket { ws, .. } = &mut self.io {
-            let text = read_text(ws).await?;
+            let text = Box::pin(read_text(ws)).await?;
             self.rate.tokens -= text.len() as f64;
             let ev = parse_frame(&text, self.max_stanza, self.max_depth).map_err(ConnError::Xml)?;
             self.events.push_back(ev);

@@ -69,7 +69,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, mode: 
     let Some(conn) = Box::pin(accept(server.clone(), tcp, peer, mode)).await else {
         return;
     };
-    run(server, Box::new(conn), peer).await;
+    Box::pin(run(server, Box::new(conn), peer)).await;
 }
 
 /// TCP to an `XmlConn`: direct TLS handshake where the listener wants it.

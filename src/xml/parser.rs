@@ -109,6 +109,10 @@ impl StreamParser {
         if let Err(e) = &r {
             self.failed = Some(e.clone());
             self.stack.clear();
+        } else if self.stack.is_empty() {
+            // Between stanzas: give back rxml's token scratchpad (it reserves
+            // max_token_length, 64 KiB, per parser) so idle streams hold none.
+            self.parser.release_temporaries();
         }
         r
     }
