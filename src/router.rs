@@ -122,7 +122,13 @@ impl SessionHandle {
     /// is gone. Only for senders other than the session's own task (which
     /// would wait for itself): bulk deliveries such as a large offline backlog.
     pub async fn send_wait(&self, data: Bytes) -> bool {
-        self.tx.send(data).await.is_ok()
+        // Without waiting while there is room: the session then finds a long
+        // queue and writes it in large batches.
+        match self.tx.try_send(data) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(d)) => self.tx.send(d).await.is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
     }
 
     pub fn kill(&self, reason: Kill) {

@@ -85,30 +85,101 @@ pub async fn store(server: &Server, owner: &BareJid, msg: &Element) -> Stored {
     }
 }
 
+/// Stored messages are read a small page first (so the first arrive at
+/// once, however large the backlog), then in large pages (few queries).
+const FIRST_PAGE: i64 = 128;
+const PAGE: i64 = 2048;
+
 /// Send everything stored for the session's account to it, oldest first.
-/// What fits comfortably in the session's queue goes at once; a larger
-/// backlog is fed by a task that waits for room as the session writes (the
-/// session's own task cannot wait for its queue to drain). Stored messages
-/// are deleted only once all of them are queued.
+/// The start of the first page goes into the session's queue at once; the
+/// rest (further pages included) is fed by a task that waits for room as the
+/// session writes (the session's own task cannot wait for its queue to
+/// drain). Stored messages are deleted only once all of them are queued.
 pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
     let owner = h.jid.to_bare();
-    let msgs = match server
-        .storage
-        .offline
-        .offline_messages(owner.as_str())
-        .await
-    {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(error = %e, "loading offline messages failed");
-            return;
-        }
-    };
-    let Some(last) = msgs.last().map(|(id, _)| *id) else {
+    let Some(first) = page(server, &owner, 0, FIRST_PAGE).await else {
         return;
     };
+    if first.is_empty() {
+        return;
+    }
     let at_once = (server.config.limits.outbound_queue / 2).max(1);
-    let addressed = |xml: &str| match xml.parse::<Element>() {
+    let mut more = first.len() as i64 >= FIRST_PAGE;
+    let mut last = 0;
+    let mut rest = first.into_iter();
+    for (id, xml) in rest.by_ref().take(at_once) {
+        last = id;
+        if let Some(b) = addressed(h, &xml)
+            && !h.send(b)
+        {
+            return; // the session went away: keep everything for the next one
+        }
+    }
+    let mut pending: Vec<(i64, String)> = rest.collect();
+    if pending.is_empty() && !more {
+        delete_upto(server, &owner, last).await;
+        return;
+    }
+    let (server, h) = (server.clone(), h.clone());
+    tokio::spawn(async move {
+        loop {
+            for (id, xml) in pending {
+                last = id;
+                if let Some(b) = addressed(&h, &xml)
+                    && !h.send_wait(b).await
+                {
+                    return;
+                }
+            }
+            if !more {
+                break;
+            }
+            match page(&server, &owner, last, PAGE).await {
+                Some(p) => {
+                    more = p.len() as i64 >= PAGE;
+                    pending = p;
+                }
+                None => return,
+            }
+        }
+        delete_upto(&server, &owner, last).await;
+    });
+}
+
+async fn delete_upto(server: &Server, owner: &BareJid, last: i64) {
+    if let Err(e) = server
+        .storage
+        .offline
+        .delete_offline(owner.as_str(), last)
+        .await
+    {
+        tracing::error!(error = %e, "deleting delivered offline messages failed");
+    }
+}
+
+async fn page(
+    server: &Server,
+    owner: &BareJid,
+    after: i64,
+    limit: i64,
+) -> Option<Vec<(i64, String)>> {
+    match server
+        .storage
+        .offline
+        .offline_messages(owner.as_str(), after, limit)
+        .await
+    {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::error!(error = %e, "loading offline messages failed");
+            None
+        }
+    }
+}
+
+/// A stored message readdressed to the session's full JID.
+fn addressed(h: &SessionHandle, xml: &str) -> Option<Bytes> {
+    match xml.parse::<Element>() {
         Ok(mut m) => {
             m.set("to", h.jid.as_str());
             Some(to_bytes(&m))
@@ -117,38 +188,6 @@ pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
             tracing::warn!(error = %e, "skipping unreadable offline message");
             None
         }
-    };
-    let count = msgs.len();
-    let mut rest = msgs.into_iter();
-    for (_, xml) in rest.by_ref().take(at_once) {
-        if let Some(b) = addressed(&xml)
-            && !h.send(b)
-        {
-            return; // the session went away: keep everything for the next one
-        }
-    }
-    let backlog: Vec<Bytes> = rest.filter_map(|(_, xml)| addressed(&xml)).collect();
-    let (server, h) = (server.clone(), h.clone());
-    let finish = async move {
-        for b in backlog {
-            if !h.send_wait(b).await {
-                return;
-            }
-        }
-        if let Err(e) = server
-            .storage
-            .offline
-            .delete_offline(owner.as_str(), last)
-            .await
-        {
-            tracing::error!(error = %e, "deleting delivered offline messages failed");
-        }
-        tracing::debug!(jid = %h.jid, count, "delivered offline messages");
-    };
-    if count > at_once {
-        tokio::spawn(finish);
-    } else {
-        finish.await;
     }
 }
 

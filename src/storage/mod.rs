@@ -167,7 +167,13 @@ pub trait OfflineStore: Send + Sync {
     /// Append unless the owner already has `max` messages; `false` when full.
     async fn store_offline(&self, owner: &str, stanza: &str, max: usize) -> Result<bool>;
     /// All stored messages, oldest first, with their ids.
-    async fn offline_messages(&self, owner: &str) -> Result<Vec<(i64, String)>>;
+    /// Stored messages with id above `after`, oldest first, at most `limit`.
+    async fn offline_messages(
+        &self,
+        owner: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>>;
     /// Delete the owner's messages with id <= `upto`.
     async fn delete_offline(&self, owner: &str, upto: i64) -> Result<()>;
     /// Delete messages stored before `before` (unix seconds); returns how many.

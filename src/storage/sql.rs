@@ -331,10 +331,15 @@ impl OfflineStore for SqlStore {
         Ok(n == 1)
     }
 
-    async fn offline_messages(&self, owner: &str) -> Result<Vec<(i64, String)>> {
+    async fn offline_messages(
+        &self,
+        owner: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>> {
         Ok(with_db!(&self.db, p => sqlx::query_as(
-            "SELECT id, stanza FROM offline_messages WHERE owner = $1 ORDER BY id")
-            .bind(owner).fetch_all(p).await?))
+            "SELECT id, stanza FROM offline_messages WHERE owner = $1 AND id > $2 ORDER BY id LIMIT $3")
+            .bind(owner).bind(after).bind(limit).fetch_all(p).await?))
     }
 
     async fn delete_offline(&self, owner: &str, upto: i64) -> Result<()> {

@@ -374,7 +374,7 @@ async fn offline_backlog_beyond_the_queue(backend: Backend) {
     s.add_user("alice", "pw").await;
     s.add_user("bob", "pw").await;
     let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
-    const N: usize = 200;
+    const N: usize = 2300; // more than two pages (xep/offline.rs FIRST_PAGE, PAGE)
     for i in 0..N {
         alice
             .send(&format!(

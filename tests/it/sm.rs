@@ -217,7 +217,10 @@ async fn a_stuck_clients_queue_goes_offline() {
     let offline = &s.running().server.storage.offline;
     let mut stored = Vec::new();
     for _ in 0..100 {
-        stored = offline.offline_messages("bob@localhost").await.unwrap();
+        stored = offline
+            .offline_messages("bob@localhost", 0, i64::MAX)
+            .await
+            .unwrap();
         if !stored.is_empty() {
             break;
         }

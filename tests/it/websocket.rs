@@ -140,7 +140,7 @@ async fn chat_between_websocket_and_tcp() {
         .server
         .storage
         .offline
-        .offline_messages("web@localhost")
+        .offline_messages("web@localhost", 0, i64::MAX)
         .await
         .unwrap();
     assert_eq!(
