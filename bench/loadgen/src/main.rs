@@ -2,7 +2,10 @@
 //!
 //! Scenarios print one JSON object on stdout and one human line on stderr.
 
+mod muc;
+mod offline;
 mod procfs;
+mod resume;
 mod scram;
 mod stats;
 mod xmpp;
@@ -116,6 +119,61 @@ enum Cmd {
         body_bytes: usize,
         #[arg(long, default_value_t = 50)]
         login_concurrency: usize,
+    },
+    /// R occupants of one room; S of them post groupchat messages with a window
+    /// of W unacknowledged each (their own reflected copy is the ack).
+    Muc {
+        #[arg(long, default_value_t = 100)]
+        occupants: u64,
+        /// Occupants that post (the first S of the pool).
+        #[arg(long, default_value_t = 5)]
+        senders: u64,
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Offered messages/s over all senders (0 = as fast as the windows allow).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 15.0)]
+        duration: f64,
+        /// Seconds to wait for in-flight deliveries after sending stops.
+        #[arg(long, default_value_t = 10.0)]
+        drain: f64,
+        /// Room JID (default bench@conference.DOMAIN).
+        #[arg(long, default_value = "")]
+        room: String,
+        /// Extra body bytes per message.
+        #[arg(long, default_value_t = 0)]
+        body_bytes: usize,
+        #[arg(long, default_value_t = 50)]
+        login_concurrency: usize,
+    },
+    /// K messages from user 0 to user 1 while user 1 is offline; then user 1
+    /// logs in and the time until all K arrive is measured.
+    Offline {
+        #[arg(long, default_value_t = 5000)]
+        messages: u64,
+        /// Store-then-drain rounds (figures are medians / sums over rounds).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Seconds allowed for the store phase and for the drain, each.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+        #[arg(long, default_value_t = 0)]
+        body_bytes: usize,
+    },
+    /// N stream-management sessions, each repeatedly dropped (TCP reset) after
+    /// receiving an unacknowledged message, resumed (XEP-0198) on a new
+    /// connection, and checked for the message's redelivery.
+    Resume {
+        #[arg(long, default_value_t = 200)]
+        sessions: u64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 50)]
+        login_concurrency: usize,
+        /// Seconds to wait for a delivery or for `<resumed/>`.
+        #[arg(long, default_value_t = 10.0)]
+        wait: f64,
     },
     /// M sessions logged in and available, held H seconds; server RSS sampled.
     Idle {
@@ -519,6 +577,8 @@ async fn sender(
     deadline: Instant,
     pad: Arc<String>,
     outstanding: Arc<AtomicI64>,
+    kind: &'static str,
+    prefix: String,
 ) -> (u64, u64, Option<String>) {
     const MAX_BATCH: u64 = 64;
     let mut seq = 0u64;
@@ -573,7 +633,7 @@ async fn sender(
             seq += 1;
             let _ = write!(
                 buf,
-                "<message to='{to}' type='chat' id='m{seq}'><body>{seq} {ts}{pad}</body></message>"
+                "<message to='{to}' type='{kind}' id='m{seq}'><body>{prefix}{seq} {ts}{pad}</body></message>"
             );
         }
         dir.sent.fetch_add(n, Ordering::Relaxed);
@@ -697,6 +757,8 @@ async fn scen_pairs(
             deadline,
             pad.clone(),
             outstanding.clone(),
+            "chat",
+            String::new(),
         ));
     }
     let (mut sent, mut stalls) = (0u64, 0u64);
@@ -1128,6 +1190,67 @@ fn main() -> Result<()> {
                 hold,
                 src_ips,
             } => scen_idle(ctx, sessions, concurrency, hold.min(3600.0), src_ips).await,
+            Cmd::Muc {
+                occupants,
+                senders,
+                window,
+                rate,
+                duration,
+                drain,
+                room,
+                body_bytes,
+                login_concurrency,
+            } => {
+                muc::scen_muc(
+                    ctx,
+                    muc::MucArgs {
+                        occupants,
+                        senders,
+                        window,
+                        rate,
+                        duration: duration.min(3600.0),
+                        drain: drain.min(600.0),
+                        room,
+                        body_bytes,
+                        login_conc: login_concurrency,
+                    },
+                )
+                .await
+            }
+            Cmd::Offline {
+                messages,
+                rounds,
+                timeout,
+                body_bytes,
+            } => {
+                offline::scen_offline(
+                    ctx,
+                    offline::OfflineArgs {
+                        messages,
+                        rounds: rounds.min(100),
+                        timeout: timeout.min(3600.0),
+                        body_bytes,
+                    },
+                )
+                .await
+            }
+            Cmd::Resume {
+                sessions,
+                duration,
+                login_concurrency,
+                wait,
+            } => {
+                resume::scen_resume(
+                    ctx,
+                    resume::ResumeArgs {
+                        sessions,
+                        duration: duration.min(3600.0),
+                        login_conc: login_concurrency,
+                        wait: wait.min(600.0),
+                    },
+                )
+                .await
+            }
             Cmd::Register { count, concurrency } => cmd_register(ctx, count, concurrency).await,
             Cmd::ProsodyAccounts { .. } => unreachable!(),
         }

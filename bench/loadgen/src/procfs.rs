@@ -88,28 +88,33 @@ impl Snap {
 
 /// CPU figures between two snapshots, as JSON; `ops` divides server CPU.
 pub fn cpu_json(a: &Snap, b: &Snap, ops: u64) -> serde_json::Value {
-    let wall = (b.at - a.at).as_secs_f64();
-    let server = match (a.server_cpu, b.server_cpu) {
-        (Some(x), Some(y)) => Some(y - x),
-        _ => None,
+    cpu_json_multi(&[(*a, *b)], ops)
+}
+
+/// The same over several measured intervals (summed; RSS from the first
+/// start and the last end).
+pub fn cpu_json_multi(spans: &[(Snap, Snap)], ops: u64) -> serde_json::Value {
+    let sum = |f: &dyn Fn(&Snap, &Snap) -> Option<f64>| -> Option<f64> {
+        spans.iter().map(|(a, b)| f(a, b)).sum::<Option<f64>>()
     };
-    let me = b.self_cpu - a.self_cpu;
-    let machine = match (a.machine, b.machine) {
-        (Some(x), Some(y)) => Some(y - x),
-        _ => None,
-    };
+    let wall = sum(&|a, b| Some((b.at - a.at).as_secs_f64())).unwrap_or(0.0);
+    let server = sum(&|a, b| Some(b.server_cpu? - a.server_cpu?));
+    let me = sum(&|a, b| Some(b.self_cpu - a.self_cpu)).unwrap_or(0.0);
+    let machine = sum(&|a, b| Some(b.machine? - a.machine?));
     let other = match (machine, server) {
         (Some(m), Some(s)) => Some((m - s - me).max(0.0)),
         (Some(m), None) => Some((m - me).max(0.0)),
         _ => None,
     };
+    let first = spans.first().map(|s| s.0.server_rss).unwrap_or(None);
+    let last = spans.last().map(|s| s.1.server_rss).unwrap_or(None);
     serde_json::json!({
         "wall_s": wall,
         "server_cpu_s": server,
         "server_cpu_pct": server.map(|s| 100.0 * s / wall),
         "server_cpu_us_per_op": server.and_then(|s| if ops > 0 { Some(s * 1e6 / ops as f64) } else { None }),
-        "server_rss_kb_start": a.server_rss,
-        "server_rss_kb_end": b.server_rss,
+        "server_rss_kb_start": first,
+        "server_rss_kb_end": last,
         "loadgen_cpu_s": me,
         "loadgen_cpu_pct": 100.0 * me / wall,
         "other_cpu_s": other,

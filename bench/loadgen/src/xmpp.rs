@@ -242,6 +242,32 @@ impl<S: AsyncRead + Unpin> Conn<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> Conn<S> {
+    /// Next top-level element as (name, whole element), copied out, reading
+    /// as needed until `deadline`. A stream close is an error.
+    pub async fn next_element(
+        &mut self,
+        deadline: std::time::Instant,
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        loop {
+            match self.next_stanza() {
+                Some(Stanza::Element { name, all }) => {
+                    let all = self.buf[all.0..all.1].to_vec();
+                    if &self.buf[name.0..name.1] == b"stream:error" {
+                        bail!("stream error: {}", String::from_utf8_lossy(&all));
+                    }
+                    return Ok((self.buf[name.0..name.1].to_vec(), all));
+                }
+                Some(Stanza::Close) => bail!("stream closed by server"),
+                None => {}
+            }
+            tokio::time::timeout_at(deadline.into(), self.fill())
+                .await
+                .map_err(|_| anyhow!("timed out waiting for the server{}", self.snippet()))??;
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> Conn<S> {
     pub async fn send(&mut self, data: &[u8]) -> Result<()> {
         self.io.write_all(data).await?;
@@ -370,6 +396,51 @@ async fn login_inner(
     src: Option<IpAddr>,
     cache: &KeyCache,
 ) -> Result<Conn<Tls>> {
+    let (mut c, _) = authenticate(t, user, pass, src, cache).await?;
+    bind(&mut c, resource).await?;
+    c.send(b"<presence/>").await?;
+    if t.wait_presence {
+        // the server's broadcast of our presence to our own resource
+        loop {
+            match c.next_stanza() {
+                Some(Stanza::Element { name, .. }) if &c.buf[name.0..name.1] == b"presence" => {
+                    break;
+                }
+                Some(Stanza::Close) => bail!("stream closed after presence"),
+                Some(_) => {}
+                None => c.fill().await?,
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Login up to a bound resource, without initial presence (the caller sends it).
+pub async fn login_bound(
+    t: &Target,
+    user: &str,
+    pass: &str,
+    resource: &str,
+    cache: &KeyCache,
+) -> Result<Conn<Tls>> {
+    tokio::time::timeout(t.login_timeout, async {
+        let (mut c, _) = authenticate(t, user, pass, None, cache).await?;
+        bind(&mut c, resource).await?;
+        Ok(c)
+    })
+    .await
+    .map_err(|_| anyhow!("login timed out after {:?}", t.login_timeout))?
+}
+
+/// Connect, TLS, SCRAM-SHA-1 and the stream restart; returns the connection
+/// and the post-authentication stream features (bind, sm, ...).
+pub async fn authenticate(
+    t: &Target,
+    user: &str,
+    pass: &str,
+    src: Option<IpAddr>,
+    cache: &KeyCache,
+) -> Result<(Conn<Tls>, Vec<u8>)> {
     let (mut c, features) = connect_tls(t, src).await?;
     if memmem::find(&features, b"SCRAM-SHA-1<").is_none() {
         bail!(
@@ -396,7 +467,12 @@ async fn login_inner(
     let text = element_text(&ok, b"<success", b"</success>").context("no success text")?;
     scram.verify_success(text)?;
     c.send(&header(&t.domain)).await?;
-    c.read_until_any(FEATURES_END).await?;
+    let features = c.read_until_any(FEATURES_END).await?;
+    Ok((c, features))
+}
+
+/// Resource binding (RFC 6120 §7) on an authenticated stream.
+pub async fn bind(c: &mut Conn<Tls>, resource: &str) -> Result<()> {
     c.send(
         format!(
             "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
@@ -409,21 +485,32 @@ async fn login_inner(
     if !is_result(&iq) {
         bail!("bind failed: {}", String::from_utf8_lossy(&iq));
     }
-    c.send(b"<presence/>").await?;
-    if t.wait_presence {
-        // the server's broadcast of our presence to our own resource
-        loop {
-            match c.next_stanza() {
-                Some(Stanza::Element { name, .. }) if &c.buf[name.0..name.1] == b"presence" => {
-                    break;
-                }
-                Some(Stanza::Close) => bail!("stream closed after presence"),
-                Some(_) => {}
-                None => c.fill().await?,
-            }
+    Ok(())
+}
+
+/// Value of attribute `name` in the start tag of `stanza` (either quote).
+pub fn attr<'a>(stanza: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let head = &stanza[..memchr::memchr(b'>', stanza).unwrap_or(stanza.len())];
+    for q in [b'\'', b'"'] {
+        let mut pat = Vec::with_capacity(name.len() + 3);
+        pat.push(b' ');
+        pat.extend_from_slice(name);
+        pat.push(b'=');
+        pat.push(q);
+        if let Some(i) = memmem::find(head, &pat) {
+            let v = &head[i + pat.len()..];
+            let j = memchr::memchr(q, v)?;
+            return Some(&v[..j]);
         }
     }
-    Ok(c)
+    None
+}
+
+/// Drop the connection abruptly: TCP reset (SO_LINGER 0), no `</stream:stream>`,
+/// no TLS close_notify. Also leaves no TIME_WAIT socket behind.
+pub fn abort(c: Conn<Tls>) {
+    let _ = c.io.get_ref().0.set_zero_linger();
+    drop(c);
 }
 
 /// Read a SASL answer ending in `end`; a `<failure>` is an error.
