@@ -370,7 +370,11 @@ async fn receipts_and_markers_in_every_state() {
 /// An offline backlog larger than the session's outbound queue is delivered
 /// whole and in order, without the session being cut off as a slow reader.
 async fn offline_backlog_beyond_the_queue(backend: Backend) {
-    let s = TestServer::start_with(backend, |c| c.limits.outbound_queue = 16).await;
+    let s = TestServer::start_with(backend, |c| {
+        c.limits.outbound_queue = 16;
+        c.modules.offline.max_per_user = 10_000;
+    })
+    .await;
     s.add_user("alice", "pw").await;
     s.add_user("bob", "pw").await;
     let mut alice = Client::online(s.addr(), "alice", "pw", "r").await;
