@@ -3,6 +3,7 @@
 
 pub mod group_commit;
 pub mod migrate;
+mod roster_cache;
 pub mod sql;
 
 use crate::sasl::ScramCredentials;
@@ -428,7 +429,7 @@ impl Storage {
         Ok(Storage {
             backend: store.backend(),
             accounts: store.clone(),
-            roster: store.clone(),
+            roster: Arc::new(roster_cache::CachedRoster::new(store.clone())),
             vcards: store.clone(),
             offline: store.clone(),
             last: store.clone(),
