@@ -16,9 +16,12 @@ use std::sync::{Arc, Mutex};
 /// Accounts cached at most; beyond it the cache starts over.
 const MAX_ENTRIES: usize = 100_000;
 
+/// A roster as the database returned it: (version, items).
+type Roster = Arc<(i64, Vec<RosterItem>)>;
+
 pub struct CachedRoster {
     inner: Arc<dyn RosterStore>,
-    entries: Mutex<HashMap<String, Arc<(i64, Vec<RosterItem>)>>>,
+    entries: Mutex<HashMap<String, Roster>>,
     /// Bumped by every write: a read that overlapped a write is not cached
     /// (it may have seen the rows before the write).
     writes: AtomicU64,
@@ -33,7 +36,7 @@ impl CachedRoster {
         }
     }
 
-    async fn load(&self, owner: &str) -> Result<Arc<(i64, Vec<RosterItem>)>> {
+    async fn load(&self, owner: &str) -> Result<Roster> {
         if let Some(e) = self.entries.lock().unwrap().get(owner) {
             return Ok(e.clone());
         }
