@@ -122,12 +122,22 @@ impl SessionHandle {
     /// is gone. Only for senders other than the session's own task (which
     /// would wait for itself): bulk deliveries such as a large offline backlog.
     pub async fn send_wait(&self, data: Bytes) -> bool {
-        // Without waiting while there is room: the session then finds a long
-        // queue and writes it in large batches.
-        match self.tx.try_send(data) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(d)) => self.tx.send(d).await.is_ok(),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        // Half the queue stays free for live stanzas (presence, messages),
+        // which would otherwise find it full and end the session. Without
+        // waiting while there is room: the session then writes large batches.
+        let reserve = self.tx.max_capacity() / 2;
+        let mut data = data;
+        loop {
+            if self.tx.capacity() > reserve {
+                match self.tx.try_send(data) {
+                    Ok(()) => return true,
+                    Err(mpsc::error::TrySendError::Full(d)) => data = d,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                }
+            } else if self.tx.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
     }
 

@@ -23,8 +23,11 @@ const MAX_CACHE: usize = 10_000;
 
 #[derive(Default)]
 pub struct CapsCache {
-    /// Verified `ver` → features; unverified ones under `session_key`.
+    /// Verified `ver` → features.
     features: Mutex<HashMap<String, Arc<HashSet<String>>>>,
+    /// Unverified answers, under `session_key`: kept apart so that filling
+    /// this map cannot flush the verified one.
+    unverified: Mutex<HashMap<String, Arc<HashSet<String>>>>,
     /// Our outstanding disco#info queries: IQ id → what was asked.
     pending: Mutex<HashMap<String, Pending>>,
 }
@@ -37,11 +40,19 @@ struct Pending {
 
 impl CapsCache {
     pub fn features(&self, key: &str) -> Option<Arc<HashSet<String>>> {
-        self.features.lock().unwrap().get(key).cloned()
+        if let Some(f) = self.features.lock().unwrap().get(key) {
+            return Some(f.clone());
+        }
+        self.unverified.lock().unwrap().get(key).cloned()
     }
 
-    fn put(&self, key: String, features: HashSet<String>) {
-        let mut cache = self.features.lock().unwrap();
+    fn put(&self, key: String, features: HashSet<String>, verified: bool) {
+        let map = if verified {
+            &self.features
+        } else {
+            &self.unverified
+        };
+        let mut cache = map.lock().unwrap();
         if cache.len() >= MAX_CACHE {
             cache.clear();
         }
@@ -73,7 +84,9 @@ pub fn on_presence(server: &Server, h: &SessionHandle, p: &Element) -> bool {
     let id = format!("caps-{}", crate::c2s::new_id());
     {
         let mut pending = server.caps.pending.lock().unwrap();
-        if pending.values().any(|q| q.ver == ver && q.jid == h.jid) || pending.len() >= MAX_CACHE {
+        // One outstanding query per session: a newer ver replaces the older.
+        pending.retain(|_, q| q.jid != h.jid);
+        if pending.len() >= MAX_CACHE {
             return false;
         }
         pending.insert(
@@ -124,11 +137,11 @@ pub fn on_result(server: &Server, iq: &Element) -> bool {
         .and_then(|alg| verification_hash(q, alg))
         .is_some_and(|h| h == asked.ver);
     if verified {
-        server.caps.put(asked.ver, features);
+        server.caps.put(asked.ver, features, true);
     } else {
         tracing::debug!(jid = %asked.jid, ver = asked.ver, "caps: ver does not verify; kept for this session only");
         let key = session_key(&asked.jid, &asked.ver);
-        server.caps.put(key.clone(), features);
+        server.caps.put(key.clone(), features, false);
         if let Some(h) = server.registry.session(&asked.jid) {
             let mut caps = h.shared.caps.lock().unwrap();
             if caps.as_deref() == Some(asked.ver.as_str()) {
@@ -185,6 +198,19 @@ pub fn verification_hash(query: &Element, alg: &str) -> Option<String> {
                 forms.push((t, fields));
             }
         }
+    }
+    // '<' is the separator of the hashed string: with it in a value, another
+    // feature set hashes the same (the known preimage trick). Not verified.
+    let has_sep = |v: &str| v.contains('<');
+    if identities.iter().chain(&features).any(|v| has_sep(v))
+        || forms.iter().any(|(t, fields)| {
+            has_sep(t)
+                || fields
+                    .iter()
+                    .any(|(var, vals)| has_sep(var) || vals.iter().any(|v| has_sep(v)))
+        })
+    {
+        return None;
     }
     identities.sort();
     features.sort();
@@ -252,6 +278,16 @@ mod tests {
             verification_hash(&q, "sha-1").as_deref(),
             Some("q07IKJEyjvHSyhy//CH0CxmKi8w=")
         );
+    }
+
+    #[test]
+    fn separator_in_a_value_does_not_verify() {
+        // One feature "a<b" hashes like the two features "a" and "b".
+        let q: Element =
+            "<query xmlns='http://jabber.org/protocol/disco#info'><feature var='a&lt;b'/></query>"
+                .parse()
+                .unwrap();
+        assert_eq!(verification_hash(&q, "sha-1"), None);
     }
 
     #[test]

@@ -132,6 +132,7 @@ impl Module for Register {
                 // Its archive preferences and avatar are gone with it.
                 server.mam_prefs.put(&own, None);
                 server.modules.avatars.forget(&own);
+                server.storage.roster.forget(own.as_str());
                 // Every session of the account ends; the requester's own queue is
                 // flushed (with this result) before its stream closes.
                 for h in server.registry.sessions(&own) {

@@ -118,13 +118,51 @@ def test_certificate_not_valid_for_the_domain_is_refused_external(xm):
     ctx.load_cert_chain(certs / f"{claimed}.crt", certs / f"{claimed}.key")
     tls = ctx.wrap_socket(raw, server_hostname=xm.domain)
     tls.sendall(header)
+    if cert_mode() == "ca":
+        # xm runs with require_valid_certificates = true: neither EXTERNAL nor
+        # dialback could succeed, so the stream is refused at once.
+        answer = _read_until(tls, b"</stream:stream>")
+        assert b"policy-violation" in answer, answer
+        tls.close()
+        return
     features = _read_until(tls, (b"</stream:features>", b"<stream:features/>"))
     assert b"EXTERNAL" not in features, features
     tls.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
     assert b"not-authorized" in _read_until(tls, b"</failure>")
-    if cert_mode() == "ca":  # xm runs with require_valid_certificates = true
-        assert b"urn:xmpp:features:dialback" not in features, features
-        tls.sendall(f"<db:result from='{claimed}' to='{xm.domain}'>0123456789abcdef</db:result>".encode())
-        answer = _read_until(tls, b"</db:result>")
-        assert b"type='error'" in answer and b"policy-violation" in answer, answer
     tls.close()
+
+
+def test_external_for_the_wrong_domain_and_retries(peers, tmp_path):
+    """On an xmppd that allows dialback (xmppd2): a certificate valid for
+    pr.localhost cannot authenticate as another domain (not-authorized), nor as
+    xmppd2's own domain; the fourth refusal ends the stream."""
+    certs = STATE / "certs" / "ca"
+    with run_xmppd(tmp_path, XMPPD2_DOMAIN, XMPPD2_HOST, STATE / "certs" / "self",
+                   f'ca_files = ["{certs / "ca.crt"}"]') as xm2:
+        header = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+                  "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+                  f"from='pr.localhost' to='{xm2.domain}' version='1.0'>").encode()
+        raw = socket.create_connection((xm2.host, 5269), timeout=10)
+        raw.sendall(header)
+        assert b"starttls" in _read_until(raw, b"</stream:features>")
+        raw.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        assert b"proceed" in _read_until(raw, b"proceed")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.load_cert_chain(certs / "pr.localhost.crt", certs / "pr.localhost.key")
+        tls = ctx.wrap_socket(raw, server_hostname=xm2.domain)
+        tls.sendall(header)
+        features = _read_until(tls, (b"</stream:features>", b"<stream:features/>"))
+        assert b"EXTERNAL" in features, features  # valid for the domain it names
+        import base64
+        for other in ("ej.localhost", xm2.domain, "ej.localhost"):
+            tls.sendall(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
+                        f"{base64.b64encode(other.encode()).decode()}</auth>".encode())
+            assert b"not-authorized" in _read_until(tls, b"</failure>"), other
+        # The fourth refusal ends the stream.
+        tls.sendall(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
+                    + base64.b64encode(b"ej.localhost") + b"</auth>")
+        answer = _read_until(tls, b"</stream:stream>")
+        assert b"policy-violation" in answer, answer
+        tls.close()

@@ -124,9 +124,17 @@ async def test_unreachable_domain_bounces(xm):
         await close_all(a)
 
 
-def test_unauthenticated_sending_domain_is_refused(xm):
+def test_unauthenticated_sending_domain_is_refused(peers, tmp_path):
     """A server stream that never authenticated (no SASL, no dialback) and sends a
-    stanza anyway is closed with <invalid-from/> (RFC 6120 §4.9.3.10)."""
+    stanza anyway is closed with <invalid-from/> (RFC 6120 §4.9.3.10). Against an
+    xmppd that allows dialback (xmppd2, self-signed): a strict one refuses such a
+    stream before any stanza (test_s2s_auth.py)."""
+    from conftest import STATE, XMPPD2_DOMAIN, XMPPD2_HOST, run_xmppd
+    with run_xmppd(tmp_path, XMPPD2_DOMAIN, XMPPD2_HOST, STATE / "certs" / "self") as xm:
+        _spoof(xm)
+
+
+def _spoof(xm):
     import socket
     import ssl
 

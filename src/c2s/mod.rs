@@ -796,6 +796,10 @@ impl Negotiation {
         if existing.len() >= MAX_RESOURCES_PER_ACCOUNT && !existing.iter().any(|h| &h.jid == full) {
             return None;
         }
+        if existing.is_empty() {
+            // The account's first session reads its roster afresh.
+            self.server.storage.roster.forget(full.to_bare().as_str());
+        }
         let (handle, rx) =
             SessionHandle::new(full.clone(), self.server.config.limits.outbound_queue);
         if let Some(old) = self.server.registry.bind(handle.clone()) {

@@ -447,6 +447,9 @@ impl Session {
         // (archive ids let clients drop duplicates).
         undelivered.extend(inflight);
         let mut queued = self.csi.take();
+        // Closed first: a bulk feeder (offline backlog) stops instead of
+        // filling a queue nobody drains any more.
+        rx.close();
         while let Ok(b) = rx.try_recv() {
             queued.push(b);
         }

@@ -64,6 +64,8 @@ struct Peer {
     authed: HashSet<String>,
     /// SASL is done (one authentication per stream; dialback may add domains).
     sasl_done: bool,
+    /// Refused SASL attempts; a few are allowed, then the stream ends.
+    auth_failures: u32,
 }
 
 impl Peer {
@@ -139,14 +141,29 @@ async fn run(
         .await
         .map_err(|_| ("connection-timeout", None))??;
     let id = crate::c2s::new_id();
-    let from = open(server, conn, local, &id).await?;
+    let from = tokio::time::timeout(timeout, open(server, conn, local, &id))
+        .await
+        .map_err(|_| ("connection-timeout", None))??;
     let mut peer = Peer {
         id,
         from,
         chain,
         authed: HashSet::new(),
         sasl_done: false,
+        auth_failures: 0,
     };
+    if server.config.s2s.require_valid_certificates
+        && !peer
+            .from
+            .as_deref()
+            .is_some_and(|d| peer.cert_valid_for(server, d))
+    {
+        // Neither EXTERNAL nor dialback could succeed: say so at once.
+        return Err((
+            "policy-violation",
+            Some("a certificate valid for the sending domain is required".into()),
+        ));
+    }
     features(server, conn, &peer).await?;
 
     // Dialback verifications run in tasks (they need our own stream to the
@@ -269,6 +286,8 @@ async fn sasl_external(
         Err("invalid-mechanism")
     } else {
         match authzid {
+            // Nobody speaks for our own domains but us.
+            Some(d) if !super::is_remote(server, &d) => Err("not-authorized"),
             Some(d) if peer.cert_valid_for(server, &d) => Ok(d),
             Some(_) => Err("not-authorized"),
             None => Err("invalid-authzid"),
@@ -277,6 +296,13 @@ async fn sasl_external(
     let domain = match verdict {
         Ok(d) => d,
         Err(cond) => {
+            peer.auth_failures += 1;
+            if peer.auth_failures > 3 {
+                return Err((
+                    "policy-violation",
+                    Some("too many authentication attempts".into()),
+                ));
+            }
             conn.write(failure(cond).as_bytes())
                 .await
                 .map_err(|_| ("connection-timeout", None))?;
@@ -293,8 +319,13 @@ async fn sasl_external(
     conn.restart();
     peer.id = crate::c2s::new_id();
     let id = peer.id.clone();
-    open(server, conn, local, &id).await?;
-    features(server, conn, peer).await?;
+    let timeout = Duration::from_secs(server.config.s2s.connect_timeout.max(1));
+    tokio::time::timeout(timeout, async {
+        open(server, conn, local, &id).await?;
+        features(server, conn, peer).await
+    })
+    .await
+    .map_err(|_| ("connection-timeout", None))??;
     Ok(true)
 }
 
@@ -312,7 +343,7 @@ async fn element(
         if !server.config.serves(&to) && !server.muc.handles(&to) {
             return Err(("host-unknown", None));
         }
-        if Jid::new(&from).is_err() {
+        if Jid::new(&from).is_err() || !super::is_remote(server, &from) {
             return Err(("invalid-from", None));
         }
         if server.config.s2s.require_valid_certificates {

@@ -181,17 +181,29 @@ async fn establish(
 ) -> Result<(XmlConn, bool), Failure> {
     let targets = resolve::targets(&server.config.s2s, remote).await;
     let mut failure = "remote-server-not-found";
+    // Each target gets a share of the link's time, so one address that
+    // swallows packets does not keep the others from being tried.
+    let per_target = Duration::from_secs((server.config.s2s.connect_timeout / 3).max(2));
     for t in targets {
-        let Ok(tcp) = TcpStream::connect(t.addr).await else {
-            tracing::debug!(remote, addr = %t.addr, "s2s: connect failed");
-            continue;
+        let tcp = match tokio::time::timeout(per_target, TcpStream::connect(t.addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            _ => {
+                tracing::debug!(remote, addr = %t.addr, "s2s: connect failed");
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         tracing::debug!(remote, addr = %t.addr, direct_tls = t.direct_tls, "s2s: connected");
         // A target that fails TLS or authentication: the next one may do better.
-        match negotiate(server, tcp, local, remote, t.direct_tls).await {
-            Ok(c) => return Ok(c),
-            Err(f) => failure = f,
+        match tokio::time::timeout(
+            per_target,
+            negotiate(server, tcp, local, remote, t.direct_tls),
+        )
+        .await
+        {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(f)) => failure = f,
+            Err(_) => failure = "remote-server-timeout",
         }
     }
     Err(failure)

@@ -37,6 +37,8 @@ pub struct Srv {
 }
 
 const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+/// SRV records tried per domain at most.
+const MAX_RECORDS: usize = 16;
 
 pub async fn targets(cfg: &S2sConfig, domain: &str) -> Vec<Target> {
     if let Some(route) = cfg.routes.get(domain) {
@@ -59,7 +61,8 @@ pub async fn targets(cfg: &S2sConfig, domain: &str) -> Vec<Target> {
         return lookup(&format!("{domain}:5269"), false).await;
     }
     let mut out = Vec::new();
-    for r in order(records) {
+    // A domain's DNS may be anyone's: a bounded number of targets.
+    for r in order(records).into_iter().take(MAX_RECORDS) {
         // RFC 2782: a lone "." target means the service is not offered.
         if r.host.is_empty() {
             continue;
@@ -163,6 +166,9 @@ fn nameservers(cfg: &S2sConfig) -> Vec<SocketAddr> {
 async fn srv(servers: &[SocketAddr], name: &str, direct_tls: bool) -> Option<Vec<Srv>> {
     for ns in servers {
         match tokio::time::timeout(DNS_TIMEOUT, query(*ns, name)).await {
+            Ok(Ok(reply)) if servfail(&reply) => {
+                tracing::debug!(%ns, name, "s2s: SRV query answered SERVFAIL");
+            }
             Ok(Ok(reply)) => return Some(parse_srv(&reply, direct_tls)),
             Ok(Err(e)) => tracing::debug!(%ns, name, error = %e, "s2s: SRV query failed"),
             Err(_) => tracing::debug!(%ns, name, "s2s: SRV query timed out"),
@@ -215,6 +221,10 @@ async fn query(ns: SocketAddr, name: &str) -> std::io::Result<Vec<u8>> {
     let mut reply = vec![0u8; len];
     tcp.read_exact(&mut reply).await?;
     Ok(reply)
+}
+
+fn servfail(reply: &[u8]) -> bool {
+    Packet::parse(reply).is_ok_and(|p| p.rcode() == RCODE::ServerFailure)
 }
 
 fn parse_srv(reply: &[u8], direct_tls: bool) -> Vec<Srv> {

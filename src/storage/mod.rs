@@ -154,6 +154,9 @@ pub trait RosterStore: Send + Sync {
     /// Delete a row; returns the new version.
     async fn delete_roster_item(&self, owner: &str, contact: &str) -> Result<i64>;
     async fn roster_version(&self, owner: &str) -> Result<i64>;
+    /// Drop what is cached for `owner` (account removed, or changed by
+    /// another process such as the admin CLI). Nothing to do without a cache.
+    fn forget(&self, _owner: &str) {}
 }
 
 #[async_trait]

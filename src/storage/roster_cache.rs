@@ -4,8 +4,10 @@
 //! until the roster changes. Every roster write goes through this store and
 //! drops the owner's entry.
 //!
-//! One server process owns the database: a cluster (issue roadmap) must add
-//! cross-node invalidation here.
+//! Entries are dropped when an account is removed and when an account's
+//! first session starts (so changes made by another process, e.g. the admin
+//! CLI deleting and re-creating an account, are seen at the next login).
+//! A cluster (roadmap) must add cross-node invalidation here.
 
 use super::{Result, RosterItem, RosterStore};
 use async_trait::async_trait;
@@ -85,5 +87,9 @@ impl RosterStore for CachedRoster {
 
     async fn roster_version(&self, owner: &str) -> Result<i64> {
         Ok(self.load(owner).await?.0)
+    }
+
+    fn forget(&self, owner: &str) {
+        self.invalidate(owner);
     }
 }
