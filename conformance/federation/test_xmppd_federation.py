@@ -10,26 +10,8 @@ import secrets
 import pytest
 from slixmpp import JID
 
-from test_peers_federate import FED_TIMEOUT, expect, login
+from test_peers_federate import FED_TIMEOUT, expect, login, warm_up  # noqa: F401 (re-exported)
 from xmppclient import close_all
-
-
-async def warm_up(a, b):
-    """Have both servers' s2s streams up before asserting: a peer's first
-    attempt can fail on its own (ejabberd may try an address where nothing
-    listens first and bounce what it queued); the RFC leaves retrying to
-    the sender. Bounded: a few pings each way."""
-    for src, dst in ((a, JID(b.boundjid.domain)), (b, JID(a.boundjid.domain))):
-        for attempt in range(5):
-            try:
-                await src.plugin["xep_0199"].send_ping(dst, timeout=FED_TIMEOUT)
-                break
-            except Exception:
-                if attempt == 4:
-                    raise
-                await asyncio.sleep(1)
-    for c in (a, b):
-        c.inbox._consumed.update(range(len(c.inbox.items)))
 
 
 @pytest.fixture(params=["prosody", "ejabberd"])
