@@ -215,3 +215,44 @@ def xm(peers, tmp_path_factory):
     with run_xmppd(tmp_path_factory.mktemp("xmppd-fed"), XMPPD_DOMAIN, XMPPD_HOST,
                    STATE / "certs" / cert_mode(), extra) as x:
         yield x
+
+
+# ------------------------------------------------------------------ raw s2s streams
+FEATURES_END = (b"</stream:features>", b"<stream:features/>")
+
+
+def read_until(sock, needle, limit: float = 10.0) -> bytes:
+    """Bytes from `sock` until one of `needle` (bytes or a tuple) appears, EOF
+    or `limit` seconds."""
+    sock.settimeout(limit)
+    data = b""
+    needles = needle if isinstance(needle, tuple) else (needle,)
+    while not any(n in data for n in needles):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def raw_s2s_stream(server, claimed: str, cert: tuple[Path, Path] | None = None):
+    """A hand-made server stream to `server` that claims to come from
+    `claimed`: header, STARTTLS (presenting `cert`, if given), header again.
+    Returns the TLS socket; the post-TLS features are still to be read."""
+    import ssl
+    header = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+              "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
+              f"from='{claimed}' to='{server.domain}' version='1.0'>").encode()
+    raw = socket.create_connection((server.host, 5269), timeout=10)
+    raw.sendall(header)
+    assert b"starttls" in read_until(raw, b"</stream:features>")
+    raw.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+    assert b"proceed" in read_until(raw, b"proceed")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if cert:
+        ctx.load_cert_chain(*cert)
+    tls = ctx.wrap_socket(raw, server_hostname=server.domain)
+    tls.sendall(header)
+    return tls

@@ -117,34 +117,9 @@ def test_unauthenticated_sending_domain_is_refused(peers, tmp_path):
 
 
 def _spoof(xm):
-    import socket
-    import ssl
-
-    def read_until(sock, needle: bytes, limit: float = 10.0) -> bytes:
-        sock.settimeout(limit)
-        data = b""
-        needles = needle if isinstance(needle, tuple) else (needle,)
-        while not any(n in data for n in needles):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-    header = ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
-              "xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' "
-              f"from='evil.localhost' to='{xm.domain}' version='1.0'>").encode()
-    raw = socket.create_connection((xm.host, 5269), timeout=10)
-    raw.sendall(header)
-    assert b"starttls" in read_until(raw, b"</stream:features>")
-    raw.sendall(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-    assert b"proceed" in read_until(raw, b"proceed")
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    tls = ctx.wrap_socket(raw, server_hostname=xm.domain)
-    tls.sendall(header)
-    assert b"stream:features" in read_until(tls, (b"</stream:features>", b"<stream:features/>"))
+    from conftest import FEATURES_END, raw_s2s_stream, read_until
+    tls = raw_s2s_stream(xm, "evil.localhost")
+    assert b"stream:features" in read_until(tls, FEATURES_END)
     tls.sendall(f"<message from='mallory@evil.localhost' to='alice@{xm.domain}' type='chat'>"
                 "<body>spoofed</body></message>".encode())
     answer = read_until(tls, b"</stream:stream>")
