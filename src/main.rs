@@ -158,6 +158,8 @@ async fn user(config: Config, cmd: UserCommand) -> Result<()> {
             if !storage.accounts.create_account(j.as_str(), &creds).await? {
                 bail!("{j} already exists");
             }
+            // A running server drops what it cached about accounts.
+            storage.external_change().await?;
             println!("created {j}");
         }
         UserCommand::Passwd { jid, password: p } => {
@@ -166,6 +168,8 @@ async fn user(config: Config, cmd: UserCommand) -> Result<()> {
             if !storage.accounts.set_credentials(j.as_str(), &creds).await? {
                 bail!("{j} does not exist");
             }
+            // A running server drops what it cached about accounts.
+            storage.external_change().await?;
             println!("password changed for {j}");
         }
         UserCommand::Del { jid } => {
@@ -173,6 +177,8 @@ async fn user(config: Config, cmd: UserCommand) -> Result<()> {
             if !storage.accounts.delete_account(j.as_str()).await? {
                 bail!("{j} does not exist");
             }
+            // A running server drops what it cached about accounts.
+            storage.external_change().await?;
             println!("deleted {j}");
         }
         UserCommand::List { domain } => {

@@ -48,6 +48,12 @@ impl Transport {
         matches!(self, Transport::WebSocket { .. } | Transport::Bosh { .. })
     }
 
+    /// Whether [`Self::channel_binding`] has data (without deriving it).
+    pub fn can_bind_channel(&self) -> bool {
+        matches!(self, Transport::Tls(t)
+            if t.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+    }
+
     /// RFC 9266 tls-exporter channel binding; only defined for TLS 1.3 here.
     pub fn channel_binding(&self) -> Option<Vec<u8>> {
         let Transport::Tls(t) = self else { return None };

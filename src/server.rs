@@ -104,6 +104,8 @@ impl Running {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // Their last activity included.
+        self.server.storage.flush().await;
     }
 }
 
@@ -152,6 +154,7 @@ pub async fn start(config: Config) -> Result<Running> {
     if server.modules.enabled("offline") {
         tasks.push(crate::xep::offline::spawn_expiry(server.clone()));
     }
+    tasks.push(server.storage.watch_external_changes());
     let mut component_listener = None;
     if !server.config.components.services.is_empty() {
         let c = &server.config.components;

@@ -9,8 +9,9 @@ use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
 use crate::storage::{ArchivePrefs, ArchiveQuery, NewArchived};
 use crate::util::{now_micros, parse_datetime, xmpp_datetime_micros};
-use crate::xml::{BuilderExt, ElementExt, el, ns};
+use crate::xml::{BuilderExt, el, ns};
 use async_trait::async_trait;
+use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use std::sync::Arc;
@@ -110,9 +111,18 @@ async fn wants(server: &Server, owner: &BareJid, with: &BareJid) -> bool {
     }
 }
 
+/// A XEP-0359 stanza id: the time in milliseconds (12 hex digits, so ids
+/// sort by time) then 72 random bits. Ordered ids land at the end of each
+/// account's range in the `(owner, stanza_id)` index, so a commit of many
+/// messages touches one index page per account, not one per message.
 fn new_stanza_id() -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::sasl::random_bytes(12))
+    let ms = (now_micros() / 1000) as u64 & 0xffff_ffff_ffff;
+    let random = crate::sasl::random_bytes(9);
+    format!(
+        "{ms:012x}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+    )
 }
 
 /// Archive a message before it is routed, for each side that is a local
@@ -125,11 +135,25 @@ pub async fn archive_message(
     to: &Jid,
     msg: &mut Element,
 ) -> bool {
+    let (rows, _) = archive_rows(server, sender, to, msg).await;
+    store_rows(server, rows).await
+}
+
+/// The archive rows for one message (none when it is not kept), stamping the
+/// recipient's `<stanza-id/>` on it; [`store_rows`] stores them. Several
+/// messages' rows stored together share one commit. Also returns the
+/// message serialized as stored, when it was, to be sent as it is.
+pub async fn archive_rows(
+    server: &Server,
+    sender: &BareJid,
+    to: &Jid,
+    msg: &mut Element,
+) -> (Vec<NewArchived>, Option<Bytes>) {
     let to_bare = to.to_bare();
     // Nobody may forge our stanza ids (XEP-0359 §5).
     strip_stanza_ids(msg, to_bare.as_str());
     if !server.modules.enabled("mam") || !archivable(msg) {
-        return true;
+        return (Vec::new(), None);
     }
     let now = now_micros();
     let mut rows = Vec::with_capacity(2);
@@ -154,7 +178,8 @@ pub async fn archive_message(
                 .build(),
         );
     }
-    let xml = String::from_utf8(msg.to_bytes()).unwrap_or_default();
+    let wire = to_bytes(msg);
+    let xml = String::from_utf8(wire.to_vec()).unwrap_or_default();
     let sender_local = server.config.serves(sender.domain().as_str()) && sender.node().is_some();
     if sender_local && wants(server, sender, &to_bare).await {
         rows.push(NewArchived {
@@ -173,6 +198,15 @@ pub async fn archive_message(
             stanza: xml,
             created_at: now,
         });
+    }
+    (rows, Some(wire))
+}
+
+/// Store archive rows through the group-committing writer; `false` when
+/// storing failed.
+pub async fn store_rows(server: &Server, rows: Vec<NewArchived>) -> bool {
+    if rows.is_empty() {
+        return true;
     }
     let started = std::time::Instant::now();
     let stored = server.archive_writer.append(rows).await;

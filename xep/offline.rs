@@ -4,7 +4,7 @@
 //! Over the per-user cap the sender gets an error; nothing is dropped silently.
 
 use super::{IqRequest, Module, Target};
-use crate::router::{SessionHandle, to_bytes};
+use crate::router::SessionHandle;
 use crate::server::Server;
 use crate::storage::now_unix;
 use crate::util::xmpp_datetime;
@@ -56,6 +56,10 @@ pub async fn store(server: &Server, owner: &BareJid, msg: &Element) -> Stored {
         return Stored::NotStorable;
     }
     let mut copy = msg.clone();
+    // Stored as it will be sent: addressed to the account (RFC 6121 §8.5.2:
+    // any resource may get it) and stamped, so delivery writes the stored
+    // bytes without parsing them again.
+    copy.set("to", owner.as_str());
     copy.append_child(
         el("delay", ns::DELAY)
             .a("from", owner.domain().as_str())
@@ -109,7 +113,7 @@ pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
     let mut rest = first.into_iter();
     for (id, xml) in rest.by_ref().take(at_once) {
         last = id;
-        if let Some(b) = addressed(h, &xml)
+        if let Some(b) = wire(xml)
             && !h.send(b)
         {
             return; // the session went away: keep everything for the next one
@@ -125,7 +129,7 @@ pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
         loop {
             for (id, xml) in pending {
                 last = id;
-                if let Some(b) = addressed(&h, &xml)
+                if let Some(b) = wire(xml)
                     && !h.send_wait(b).await
                 {
                     return;
@@ -177,18 +181,10 @@ async fn page(
     }
 }
 
-/// A stored message readdressed to the session's full JID.
-fn addressed(h: &SessionHandle, xml: &str) -> Option<Bytes> {
-    match xml.parse::<Element>() {
-        Ok(mut m) => {
-            m.set("to", h.jid.as_str());
-            Some(to_bytes(&m))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "skipping unreadable offline message");
-            None
-        }
-    }
+/// A stored message as it goes on the wire: it was serialized by us, to
+/// the account's bare JID, when it was stored.
+fn wire(xml: String) -> Option<Bytes> {
+    (!xml.is_empty()).then(|| Bytes::from(xml))
 }
 
 /// Drop messages older than the retention period, hourly.

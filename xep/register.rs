@@ -133,6 +133,7 @@ impl Module for Register {
                 server.mam_prefs.put(&own, None);
                 server.modules.avatars.forget(&own);
                 server.storage.roster.forget(own.as_str());
+                server.storage.last.forget(own.as_str());
                 // Every session of the account ends; the requester's own queue is
                 // flushed (with this result) before its stream closes.
                 for h in server.registry.sessions(&own) {

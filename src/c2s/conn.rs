@@ -8,6 +8,7 @@ use crate::config::LimitsConfig;
 use crate::net::Transport;
 use crate::xml::{StreamEvent, StreamParser, XmlError};
 use axum::extract::ws::{Message, WebSocket};
+use minidom::Element;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
@@ -67,6 +68,10 @@ pub struct XmlConn {
     rate: RateLimit,
     /// Our `<stream:stream>` header went out (a stream error needs one first).
     pub header_sent: bool,
+    /// Our header on a byte stream, held back to go out in the same write as
+    /// what follows it (features or an error): one segment and one wake-up
+    /// of the client instead of two.
+    held: Option<Vec<u8>>,
 }
 
 impl XmlConn {
@@ -84,6 +89,7 @@ impl XmlConn {
                 last: Instant::now(),
             },
             header_sent: false,
+            held: None,
         }
     }
 
@@ -92,6 +98,11 @@ impl XmlConn {
         self.parser = StreamParser::new(self.max_stanza, self.max_depth);
         self.events.clear();
         self.header_sent = false;
+    }
+
+    /// Whether the next parsed event is a stanza that `pred` accepts.
+    pub fn next_is(&self, pred: impl Fn(&Element) -> bool) -> bool {
+        matches!(self.events.front(), Some(StreamEvent::Stanza(e)) if pred(e))
     }
 
     pub fn pop(&mut self) -> Option<StreamEvent> {
@@ -170,6 +181,7 @@ impl XmlConn {
 
     /// Write several elements: one write on a byte stream, one message each over WebSocket.
     pub async fn write_frames(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+        let held = self.held.take();
         let io = &mut self.io;
         let work = async {
             if let Transport::Bosh { outbound, .. } = io {
@@ -192,7 +204,10 @@ impl XmlConn {
                 }
                 return Ok(());
             }
-            if let [one] = frames {
+            if let Some(mut all) = held {
+                frames.iter().for_each(|f| all.extend_from_slice(f));
+                io.write_all(&all).await?;
+            } else if let [one] = frames {
                 io.write_all(one).await?;
             } else {
                 let mut all = Vec::with_capacity(frames.iter().map(|f| f.len()).sum());
@@ -230,7 +245,11 @@ impl XmlConn {
             )
         };
         self.header_sent = true;
-        self.write(h.as_bytes()).await
+        if self.io.is_framed() {
+            return self.write(h.as_bytes()).await;
+        }
+        self.held = Some(h.into_bytes());
+        Ok(())
     }
 
     /// Stream features as `<stream:features>` (the prefix most clients expect);

@@ -307,7 +307,7 @@ impl Negotiation {
                 mechs = mechs.c(el("mechanism", ns::SASL).t(m).build());
             }
             f = f.c(mechs.build());
-            if conn.io.channel_binding().is_some() {
+            if conn.io.can_bind_channel() {
                 let mut cb = el("sasl-channel-binding", ns::SASL_CB);
                 for t in CB_TYPES {
                     cb = cb.c(el("channel-binding", ns::SASL_CB).a("type", *t).build());
@@ -337,7 +337,7 @@ impl Negotiation {
 
     fn mechanisms(&self, conn: &XmlConn) -> Vec<&'static str> {
         let mut m = Vec::new();
-        if conn.io.channel_binding().is_some() {
+        if conn.io.can_bind_channel() {
             m.extend(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]);
         }
         m.extend(["SCRAM-SHA-256", "SCRAM-SHA-1"]);
@@ -795,10 +795,6 @@ impl Negotiation {
         let existing = self.server.registry.sessions(&full.to_bare());
         if existing.len() >= MAX_RESOURCES_PER_ACCOUNT && !existing.iter().any(|h| &h.jid == full) {
             return None;
-        }
-        if existing.is_empty() {
-            // The account's first session reads its roster afresh.
-            self.server.storage.roster.forget(full.to_bare().as_str());
         }
         let (handle, rx) =
             SessionHandle::new(full.clone(), self.server.config.limits.outbound_queue);

@@ -27,7 +27,7 @@ impl Negotiation {
     /// `<authentication/>` with the same mechanisms as SASL and what a
     /// client may inline: Bind2, resumption, FAST.
     pub(super) fn sasl2_feature(&self, conn: &XmlConn) -> Element {
-        let cb = conn.io.channel_binding().is_some();
+        let cb = conn.io.can_bind_channel();
         let mut inline = vec![bind2::feature(&self.server), el("sm", sm::NS).build()];
         if self.fast_enabled() {
             inline.push(fast::feature(cb));
@@ -106,7 +106,7 @@ impl Negotiation {
             } else if let Some(mech) = req
                 .request_token
                 .as_deref()
-                .filter(|m| ht::mechanisms(conn.io.channel_binding().is_some()).contains(m))
+                .filter(|m| ht::mechanisms(conn.io.can_bind_channel()).contains(m))
             {
                 let token = fast::issue(
                     &self.server,

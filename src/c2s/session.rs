@@ -24,6 +24,8 @@ use tokio::time::Instant;
 
 /// Stanzas written per flush at most.
 const WRITE_BATCH: usize = 64;
+/// At most this many messages handled as one group (one archive commit).
+const MESSAGE_GROUP: usize = 64;
 /// Ask the client for an ack once this many stanzas are unacknowledged.
 const REQUEST_ACK_AFTER: usize = 5;
 
@@ -120,6 +122,19 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
         if let Some(c) = conn.as_mut() {
             while let Some(ev) = c.pop() {
                 let flow = match ev {
+                    // Messages parsed from the same read are handled as a group
+                    // (one storage commit for all of them), in order.
+                    StreamEvent::Stanza(e)
+                        if is_client_message(&e) && c.next_is(is_client_message) =>
+                    {
+                        let mut group = vec![e];
+                        while group.len() < MESSAGE_GROUP && c.next_is(is_client_message) {
+                            if let Some(StreamEvent::Stanza(m)) = c.pop() {
+                                group.push(m);
+                            }
+                        }
+                        Box::pin(s.messages(group)).await
+                    }
                     // Boxed: handlers (storage, modules) need large futures
                     // only while they run; an idle session keeps none.
                     StreamEvent::Stanza(e) => Box::pin(s.element(c, e)).await,
@@ -491,8 +506,44 @@ impl Session {
         tracing::info!(jid = %self.jid, "session ended");
     }
 
-    async fn stanza(&mut self, mut e: Element) -> Result<(), End> {
-        if !is_stanza(&e) {
+    /// Consecutive client messages that arrived together: checked in order,
+    /// then handled as one group (their archive rows share one commit).
+    async fn messages(&mut self, group: Vec<Element>) -> Flow {
+        let mut ready = Vec::with_capacity(group.len());
+        let mut handled: u32 = 0;
+        let mut end = None;
+        for mut e in group {
+            match self.preamble(&mut e) {
+                Err(x) => {
+                    end = Some(x);
+                    break;
+                }
+                Ok(None) => {}
+                Ok(Some(to)) => {
+                    let to = to.unwrap_or_else(|| Jid::from(self.bare.clone()));
+                    ready.push((e, to));
+                }
+            }
+            handled += 1;
+        }
+        if !ready.is_empty() {
+            im::message::from_session_many(&self.server, &self.jid, ready).await;
+        }
+        if let Some(sm) = self.sm.as_mut() {
+            // Counted once fully handled: stored or queued for delivery.
+            sm.h_in = sm.h_in.wrapping_add(handled);
+        }
+        match end {
+            Some(x) => Flow::End(x),
+            None => Flow::Continue,
+        }
+    }
+
+    /// What every stanza from the client goes through first: a stream error
+    /// for what cannot be a stanza or claims another sender, `from` stamped,
+    /// and `to` parsed. `Ok(None)`: already answered with an error.
+    fn preamble(&self, e: &mut Element) -> Result<Option<Option<Jid>>, End> {
+        if !is_stanza(e) {
             if e.ns() == ns::CLIENT || e.ns() == ns::STREAM {
                 return Err(End::StreamError("unsupported-stanza-type", None));
             }
@@ -511,13 +562,19 @@ impl Session {
         }
         e.set("from", self.jid.as_str());
         self.server.metrics.stanza_in(e.name());
-        let to = match e.attr("to").map(Jid::new) {
-            None => None,
-            Some(Ok(j)) => Some(j),
+        match e.attr("to").map(Jid::new) {
+            None => Ok(Some(None)),
+            Some(Ok(j)) => Ok(Some(Some(j))),
             Some(Err(_)) => {
-                self.reply_error(&e, "jid-malformed", None);
-                return Ok(());
+                self.reply_error(e, "jid-malformed", None);
+                Ok(None)
             }
+        }
+    }
+
+    async fn stanza(&mut self, mut e: Element) -> Result<(), End> {
+        let Some(to) = self.preamble(&mut e)? else {
+            return Ok(());
         };
         let result = match e.name() {
             "message" => {
@@ -721,4 +778,8 @@ async fn reroute(server: &Server, stanzas: &[Bytes]) {
             _ => {}
         }
     }
+}
+
+fn is_client_message(e: &Element) -> bool {
+    e.name() == "message" && e.ns() == ns::CLIENT
 }

@@ -5,33 +5,58 @@ use crate::im::bounce;
 use crate::router::to_bytes;
 use crate::server::Server;
 use crate::xep::{blocking, carbons, mam, offline};
+use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 
 /// A message from one of our sessions (`from` already stamped).
-pub async fn from_session(server: &Server, sender: &FullJid, mut msg: Element, to: Jid) {
-    if blocking::blocks(server, &sender.to_bare(), &to).await {
-        if let Some(r) = blocking::blocked_reply(&msg) {
-            crate::im::to_jid(server, &Jid::from(sender.clone()), &r);
+pub async fn from_session(server: &Server, sender: &FullJid, msg: Element, to: Jid) {
+    from_session_many(server, sender, vec![(msg, to)]).await;
+}
+
+/// Consecutive messages from one session, handled in order. Their archive
+/// rows share one commit, so a client that sends several at once waits for
+/// storage once, not once per message.
+pub async fn from_session_many(server: &Server, sender: &FullJid, msgs: Vec<(Element, Jid)>) {
+    let sender_bare = sender.to_bare();
+    let mut ready = Vec::with_capacity(msgs.len());
+    let mut rows = Vec::new();
+    for (mut msg, to) in msgs {
+        if blocking::blocks(server, &sender_bare, &to).await {
+            if let Some(r) = blocking::blocked_reply(&msg) {
+                crate::im::to_jid(server, &Jid::from(sender.clone()), &r);
+            }
+            continue;
+        }
+        let (r, wire) = mam::archive_rows(server, &sender_bare, &to, &mut msg).await;
+        rows.extend(r);
+        ready.push((msg, to, wire));
+    }
+    // Durable before delivered: archived (both sides) first, then routed.
+    if !mam::store_rows(server, rows).await {
+        for (msg, _, _) in ready {
+            bounce(
+                server,
+                &msg,
+                "internal-server-error",
+                Some("could not store the message"),
+            );
         }
         return;
     }
-    // Durable before delivered: archived (both sides) first, then routed.
-    if !mam::archive_message(server, &sender.to_bare(), &to, &mut msg).await {
-        bounce(
-            server,
-            &msg,
-            "internal-server-error",
-            Some("could not store the message"),
-        );
-        return;
+    for (msg, to, wire) in ready {
+        carbons::copy_sent(server, sender, &msg);
+        route_serialized(server, msg, to, wire).await;
     }
-    carbons::copy_sent(server, sender, &msg);
-    route(server, msg, to).await;
 }
 
 /// Route a message to `to`, whatever its origin.
 pub async fn route(server: &Server, msg: Element, to: Jid) {
+    route_serialized(server, msg, to, None).await;
+}
+
+/// [`route`], with the message already serialized when the caller has it.
+async fn route_serialized(server: &Server, msg: Element, to: Jid, wire: Option<Bytes>) {
     if server.components.handles(to.domain().as_str()) {
         if !server.components.deliver(to.domain().as_str(), &msg) {
             bounce(server, &msg, "service-unavailable", None);
@@ -68,7 +93,7 @@ pub async fn route(server: &Server, msg: Element, to: Jid) {
     // A session that refuses it is going away (its queue overflowed): fall through.
     if let Ok(full) = to.try_as_full()
         && let Some(h) = server.registry.session(full)
-        && h.send(to_bytes(&msg))
+        && h.send(wire.clone().unwrap_or_else(|| to_bytes(&msg)))
     {
         carbons::copy_received(server, &bare, &[h.id], &msg);
         return;
@@ -80,10 +105,16 @@ pub async fn route(server: &Server, msg: Element, to: Jid) {
         }
         return;
     }
-    deliver_bare(server, msg, kind, &bare).await;
+    deliver_bare(server, msg, kind, &bare, wire).await;
 }
 
-async fn deliver_bare(server: &Server, msg: Element, kind: &str, bare: &BareJid) {
+async fn deliver_bare(
+    server: &Server,
+    msg: Element,
+    kind: &str,
+    bare: &BareJid,
+    wire: Option<Bytes>,
+) {
     let available = server.registry.available(bare);
     let targets: Vec<_> = match kind {
         "groupchat" => {
@@ -109,7 +140,7 @@ async fn deliver_bare(server: &Server, msg: Element, kind: &str, bare: &BareJid)
         }
     };
     if !targets.is_empty() {
-        let bytes = to_bytes(&msg);
+        let bytes = wire.unwrap_or_else(|| to_bytes(&msg));
         let delivered: Vec<u64> = targets
             .iter()
             .filter(|(h, _)| h.send(bytes.clone()))

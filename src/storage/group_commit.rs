@@ -6,8 +6,8 @@ use super::{ArchiveStore, NewArchived, Result, StorageError};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Rows per insert at most (SQLite allows 32766 bound values; 5 per row).
-const MAX_BATCH_ROWS: usize = 1000;
+/// Rows per commit, about (a job that arrives below it is taken whole).
+const MAX_BATCH_ROWS: usize = 4000;
 
 type Job = (
     Vec<NewArchived>,

@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0010_fast.sql"),
         postgres: include_str!("../../migrations/postgres/0010_fast.sql"),
     },
+    Migration {
+        version: 11,
+        name: "cache_epoch",
+        sqlite: include_str!("../../migrations/sqlite/0011_cache_epoch.sql"),
+        postgres: include_str!("../../migrations/postgres/0011_cache_epoch.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =

@@ -1,8 +1,11 @@
 //! Storage behind one trait per concern. `sql::SqlStore` implements them all on
 //! SQLite (embedded default) and PostgreSQL; tests run the same cases on both.
 
+mod account_cache;
 pub mod group_commit;
+mod last_writer;
 pub mod migrate;
+mod offline_hint;
 mod roster_cache;
 pub mod sql;
 
@@ -50,6 +53,12 @@ pub trait AccountStore: Send + Sync {
     async fn account_exists(&self, jid: &str) -> Result<bool> {
         Ok(self.credentials(jid).await?.is_some())
     }
+    /// The external-change counter (see migration 0011).
+    async fn cache_epoch(&self) -> Result<i64>;
+    /// Tell a running server that accounts changed behind its back.
+    async fn bump_cache_epoch(&self) -> Result<()>;
+    /// Drop whatever is cached about every account.
+    fn forget_all(&self) {}
 }
 
 /// RFC 6121 subscription states as stored.
@@ -157,6 +166,8 @@ pub trait RosterStore: Send + Sync {
     /// Drop what is cached for `owner` (account removed, or changed by
     /// another process such as the admin CLI). Nothing to do without a cache.
     fn forget(&self, _owner: &str) {}
+    /// Drop what is cached for every account.
+    fn forget_all(&self) {}
 }
 
 #[async_trait]
@@ -182,6 +193,8 @@ pub trait OfflineStore: Send + Sync {
     async fn delete_offline(&self, owner: &str, upto: i64) -> Result<()>;
     /// Delete messages stored before `before` (unix seconds); returns how many.
     async fn expire_offline(&self, before: i64) -> Result<u64>;
+    /// Drop what is cached about every account's messages.
+    fn forget_all(&self) {}
 }
 
 /// XEP-0012: when an account was last seen, and its last status.
@@ -189,6 +202,17 @@ pub trait OfflineStore: Send + Sync {
 pub trait LastActivityStore: Send + Sync {
     async fn set_last_activity(&self, owner: &str, seen_at: i64, status: &str) -> Result<()>;
     async fn last_activity(&self, owner: &str) -> Result<Option<(i64, String)>>;
+    /// Several accounts' last activity in one transaction: (owner, seen_at, status).
+    async fn set_last_activities(&self, rows: &[(String, i64, String)]) -> Result<()> {
+        for (owner, seen, status) in rows {
+            self.set_last_activity(owner, *seen, status).await?;
+        }
+        Ok(())
+    }
+    /// Drop a pending (not yet written) record, e.g. of a removed account.
+    fn forget(&self, _owner: &str) {}
+    /// Write whatever is pending.
+    async fn flush(&self) {}
 }
 
 /// A message to archive for one account.
@@ -431,11 +455,11 @@ impl Storage {
         store.migrate().await?;
         Ok(Storage {
             backend: store.backend(),
-            accounts: store.clone(),
+            accounts: Arc::new(account_cache::CachedAccounts::new(store.clone())),
             roster: Arc::new(roster_cache::CachedRoster::new(store.clone())),
             vcards: store.clone(),
-            offline: store.clone(),
-            last: store.clone(),
+            offline: Arc::new(offline_hint::HintedOffline::new(store.clone())),
+            last: last_writer::WriteBehindLast::spawn(store.clone()),
             archive: store.clone(),
             blocks: store.clone(),
             muc: store.clone(),
@@ -447,6 +471,47 @@ impl Storage {
         })
     }
 }
+
+impl Storage {
+    /// Write what is written behind (last activity); at shutdown.
+    pub async fn flush(&self) {
+        self.last.flush().await;
+    }
+
+    /// Tell a running server (after the admin CLI changed accounts) to drop
+    /// its caches; it notices within `EPOCH_POLL`.
+    pub async fn external_change(&self) -> Result<()> {
+        self.accounts.bump_cache_epoch().await
+    }
+
+    /// Poll the external-change counter and drop every cache about accounts
+    /// when it moves (credentials, rosters, offline hints).
+    pub fn watch_external_changes(&self) -> tokio::task::JoinHandle<()> {
+        let storage = self.clone();
+        tokio::spawn(async move {
+            let mut seen = storage.accounts.cache_epoch().await.ok();
+            let mut tick = tokio::time::interval(EPOCH_POLL);
+            loop {
+                tick.tick().await;
+                let Ok(now) = storage.accounts.cache_epoch().await else {
+                    continue;
+                };
+                if seen != Some(now) {
+                    if seen.is_some() {
+                        tracing::info!("accounts changed by another process: caches dropped");
+                    }
+                    storage.accounts.forget_all();
+                    storage.roster.forget_all();
+                    storage.offline.forget_all();
+                    seen = Some(now);
+                }
+            }
+        })
+    }
+}
+
+/// How often a running server looks for account changes made by the CLI.
+pub const EPOCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()

@@ -4,10 +4,10 @@
 //! until the roster changes. Every roster write goes through this store and
 //! drops the owner's entry.
 //!
-//! Entries are dropped when an account is removed and when an account's
-//! first session starts (so changes made by another process, e.g. the admin
-//! CLI deleting and re-creating an account, are seen at the next login).
-//! A cluster (roadmap) must add cross-node invalidation here.
+//! Entries are dropped when an account is removed, and all of them when
+//! another process (the admin CLI) changed accounts: see
+//! `super::watch_external_changes`. A cluster (roadmap) must add cross-node
+//! invalidation here.
 
 use super::{Result, RosterItem, RosterStore};
 use async_trait::async_trait;
@@ -91,5 +91,11 @@ impl RosterStore for CachedRoster {
 
     fn forget(&self, owner: &str) {
         self.invalidate(owner);
+    }
+
+    fn forget_all(&self) {
+        let mut entries = self.entries.lock().unwrap();
+        self.writes.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
     }
 }

@@ -8,6 +8,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use std::fmt::Write as _;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ pub struct SqlStore {
 }
 
 impl SqlStore {
+    fn sqlite(&self) -> bool {
+        matches!(self.db, Db::Sqlite(_))
+    }
+
     pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<SqlStore> {
         let db = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
@@ -39,7 +44,12 @@ impl SqlStore {
                 // WAL + NORMAL: a committed transaction survives a process crash.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // Archive inserts touch one index page per account per commit:
+                // a larger page cache re-reads fewer of them, and rarer
+                // checkpoints copy a page rewritten by several commits once.
+                .pragma("cache_size", "-16384")
+                .pragma("wal_autocheckpoint", "8192");
             if let Some(parent) = opts.get_filename().parent()
                 && !parent.as_os_str().is_empty()
             {
@@ -208,6 +218,18 @@ impl AccountStore for SqlStore {
         };
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
+
+    async fn cache_epoch(&self) -> Result<i64> {
+        let row: Option<(i64,)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT epoch FROM cache_epoch WHERE id = 1").fetch_optional(p).await?);
+        Ok(row.map(|r| r.0).unwrap_or(0))
+    }
+
+    async fn bump_cache_epoch(&self) -> Result<()> {
+        with_db!(&self.db, p => sqlx::query(
+            "UPDATE cache_epoch SET epoch = epoch + 1 WHERE id = 1").execute(p).await.map(|_| ())?);
+        Ok(())
+    }
 }
 
 type RosterRow = (
@@ -366,11 +388,58 @@ impl LastActivityStore for SqlStore {
         Ok(())
     }
 
+    async fn set_last_activities(&self, rows: &[(String, i64, String)]) -> Result<()> {
+        // Owners are distinct (a map's keys), as one upsert statement needs.
+        for chunk in rows.chunks(1000) {
+            let mut sql = multi_row_insert(
+                self.sqlite(),
+                "INSERT INTO last_activity (owner, seen_at, status)",
+                chunk.len(),
+                3,
+            );
+            sql.push_str(
+                " ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at, status = excluded.status",
+            );
+            with_db!(&self.db, p => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (owner, seen, status) in chunk {
+                    q = q.bind(owner.as_str()).bind(*seen).bind(status.as_str());
+                }
+                q.execute(p).await?;
+            });
+        }
+        Ok(())
+    }
+
     async fn last_activity(&self, owner: &str) -> Result<Option<(i64, String)>> {
         Ok(with_db!(&self.db, p => sqlx::query_as(
             "SELECT seen_at, status FROM last_activity WHERE owner = $1")
             .bind(owner).fetch_optional(p).await?))
     }
+}
+
+/// `head VALUES (…), (…)` for `rows` rows of `cols` values. SQLite gets
+/// anonymous `?` placeholders: it looks numbered ones up by a linear scan
+/// per bind, which is quadratic in a large insert.
+fn multi_row_insert(sqlite: bool, head: &str, rows: usize, cols: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + 8 + rows * cols * 5);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if sqlite {
+                sql.push('?');
+            } else {
+                let _ = write!(sql, "${}", r * cols + c + 1);
+            }
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 /// A bind value for dynamically assembled queries.
@@ -394,37 +463,43 @@ macro_rules! bind_all {
 
 type ArchiveRow = (i64, String, String, String, i64);
 
+/// Rows per INSERT statement in [`ArchiveStore::archive`] (5 bound values
+/// per row, under SQLite's 32,766 and PostgreSQL's 65,535).
+const ARCHIVE_CHUNK: usize = 2000;
+
 #[async_trait]
 impl ArchiveStore for SqlStore {
     async fn archive(&self, rows: &[NewArchived]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut sql = String::from(
-            "INSERT INTO archive (owner, stanza_id, with_jid, stanza, created_at) VALUES ",
-        );
-        let mut args = Vec::with_capacity(rows.len() * 5);
-        for (i, r) in rows.iter().enumerate() {
-            let n = i * 5;
-            if i > 0 {
-                sql.push_str(", ");
+        // One transaction; statements of at most ARCHIVE_CHUNK rows.
+        let sqlite = self.sqlite();
+        let chunks: Vec<(sqlx::AssertSqlSafe<String>, &[NewArchived])> = rows
+            .chunks(ARCHIVE_CHUNK)
+            .map(|chunk| {
+                let sql = multi_row_insert(
+                    sqlite,
+                    "INSERT INTO archive (owner, stanza_id, with_jid, stanza, created_at)",
+                    chunk.len(),
+                    5,
+                );
+                (sqlx::AssertSqlSafe(sql), chunk)
+            })
+            .collect();
+        with_db!(&self.db, p => {
+            let mut tx = p.begin().await?;
+            for (sql, chunk) in chunks {
+                let mut q = sqlx::query(sql);
+                for r in chunk {
+                    q = q
+                        .bind(r.owner.as_str())
+                        .bind(r.stanza_id.as_str())
+                        .bind(r.with.as_str())
+                        .bind(r.stanza.as_str())
+                        .bind(r.created_at);
+                }
+                q.execute(&mut *tx).await?;
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            ));
-            args.push(Arg::Text(r.owner.clone()));
-            args.push(Arg::Text(r.stanza_id.clone()));
-            args.push(Arg::Text(r.with.clone()));
-            args.push(Arg::Text(r.stanza.clone()));
-            args.push(Arg::Int(r.created_at));
-        }
-        let sql = sqlx::AssertSqlSafe(sql);
-        with_db!(&self.db, p => bind_all!(sqlx::query(sql), &args).execute(p).await.map(|_| ())?);
+            tx.commit().await?;
+        });
         Ok(())
     }
 

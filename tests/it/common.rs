@@ -298,6 +298,20 @@ impl Client {
         panic!("no matching element in 500 received");
     }
 
+    /// Whether something received but not yet asked for matches.
+    pub fn stash_has(&self, pred: impl Fn(&Element) -> bool) -> bool {
+        self.stash.iter().any(pred)
+    }
+
+    /// Take every element received but not yet asked for that matches, in order.
+    pub fn stash_all(&mut self, pred: impl Fn(&Element) -> bool) -> Vec<Element> {
+        let (hit, keep): (VecDeque<Element>, VecDeque<Element>) = std::mem::take(&mut self.stash)
+            .into_iter()
+            .partition(|e| pred(e));
+        self.stash = keep;
+        hit.into_iter().collect()
+    }
+
     /// Forget everything received but not yet asked for.
     pub fn clear(&mut self) {
         self.stash.clear();

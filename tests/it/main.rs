@@ -5,6 +5,7 @@ mod avatar;
 mod blocking;
 mod bosh;
 mod c2s;
+mod caches;
 mod common;
 mod component;
 mod crash;
