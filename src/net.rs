@@ -48,6 +48,17 @@ impl Transport {
         matches!(self, Transport::WebSocket { .. } | Transport::Bosh { .. })
     }
 
+    /// Hand bytes to the TLS layer without writing them to the socket: they
+    /// leave with whatever is flushed next. `false` when not a TLS stream (or
+    /// the TLS layer refuses them).
+    pub fn queue_tls(&mut self, data: &[u8]) -> bool {
+        use std::io::Write;
+        match self {
+            Transport::Tls(s) => s.get_mut().1.writer().write_all(data).is_ok(),
+            _ => false,
+        }
+    }
+
     /// Whether [`Self::channel_binding`] has data (without deriving it).
     pub fn can_bind_channel(&self) -> bool {
         matches!(self, Transport::Tls(t)

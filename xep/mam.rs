@@ -221,10 +221,14 @@ pub async fn store_rows(server: &Server, rows: Vec<NewArchived>) -> bool {
 }
 
 fn strip_stanza_ids(msg: &mut Element, by: &str) {
+    let forged = |e: &Element| e.is("stanza-id", SID) && e.attr("by") == Some(by);
+    if !msg.children().any(forged) {
+        return; // the usual case: nothing to rebuild
+    }
     let keep: Vec<minidom::Node> = msg
         .take_nodes()
         .into_iter()
-        .filter(|n| !matches!(n, minidom::Node::Element(e) if e.is("stanza-id", SID) && e.attr("by") == Some(by)))
+        .filter(|n| !matches!(n, minidom::Node::Element(e) if forged(e)))
         .collect();
     for n in keep {
         msg.append_node(n);

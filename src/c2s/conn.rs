@@ -304,8 +304,29 @@ impl XmlConn {
             );
             let _ = self.write(error.as_bytes()).await;
             let _ = self.end_stream().await;
+            self.close().await;
         } else {
-            let _ = self.write(&bytes).await;
+            self.write_and_close(&bytes).await;
+        }
+    }
+
+    /// End our stream and the connection (we answer the peer's close).
+    pub async fn end_stream_and_close(&mut self) {
+        if self.io.is_framed() {
+            let _ = self.end_stream().await;
+            self.close().await;
+        } else {
+            self.write_and_close(b"</stream:stream>").await;
+        }
+    }
+
+    /// Our last bytes on a byte stream, then shut down. Over TLS they leave
+    /// in one segment with the close_notify, not two.
+    async fn write_and_close(&mut self, last: &[u8]) {
+        let mut all = self.held.take().unwrap_or_default();
+        all.extend_from_slice(last);
+        if !self.io.queue_tls(&all) {
+            let _ = self.write(&all).await;
         }
         self.close().await;
     }

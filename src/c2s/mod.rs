@@ -177,9 +177,10 @@ async fn negotiate(
         Err(Abort::Resumed) => {}
         Err(Abort::Closed) => {
             if conn.header_sent {
-                let _ = conn.end_stream().await;
+                conn.end_stream_and_close().await;
+            } else {
+                conn.close().await;
             }
-            conn.close().await;
         }
     }
     None

@@ -482,10 +482,7 @@ impl Session {
         reroute(&server, &undelivered).await;
         if let Some(mut c) = conn {
             match end {
-                End::Closed => {
-                    let _ = c.end_stream().await;
-                    c.close().await;
-                }
+                End::Closed => c.end_stream_and_close().await,
                 End::Lost | End::Killed(Kill::Overflow) => {}
                 End::StreamError(cond, text) => {
                     c.stream_error(cond, text.as_deref(), self.bare.domain().as_str())
