@@ -149,6 +149,17 @@ fn password(flag: Option<String>) -> Result<String> {
     Ok(p)
 }
 
+/// Make a running server drop its caches about accounts (and wait for it).
+async fn confirm_change(storage: &Storage) -> Result<()> {
+    if !storage.external_change().await? {
+        eprintln!(
+            "warning: a server seems to run on this database but did not confirm the change; \
+             it applies it within a second of noticing"
+        );
+    }
+    Ok(())
+}
+
 async fn user(config: Config, cmd: UserCommand) -> Result<()> {
     let storage = Storage::open(&config.storage_url(), Some(1)).await?;
     match cmd {
@@ -159,7 +170,7 @@ async fn user(config: Config, cmd: UserCommand) -> Result<()> {
                 bail!("{j} already exists");
             }
             // A running server drops what it cached about accounts.
-            storage.external_change().await?;
+            confirm_change(&storage).await?;
             println!("created {j}");
         }
         UserCommand::Passwd { jid, password: p } => {
@@ -169,7 +180,7 @@ async fn user(config: Config, cmd: UserCommand) -> Result<()> {
                 bail!("{j} does not exist");
             }
             // A running server drops what it cached about accounts.
-            storage.external_change().await?;
+            confirm_change(&storage).await?;
             println!("password changed for {j}");
         }
         UserCommand::Del { jid } => {
@@ -178,7 +189,7 @@ async fn user(config: Config, cmd: UserCommand) -> Result<()> {
                 bail!("{j} does not exist");
             }
             // A running server drops what it cached about accounts.
-            storage.external_change().await?;
+            confirm_change(&storage).await?;
             println!("deleted {j}");
         }
         UserCommand::List { domain } => {

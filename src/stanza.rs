@@ -99,7 +99,7 @@ pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
 
 /// The stanza kinds of RFC 6120 §8.
 pub fn is_stanza(el: &Element) -> bool {
-    el.ns() == ns::CLIENT && matches!(el.name(), "message" | "presence" | "iq")
+    el.has_ns(ns::CLIENT) && matches!(el.name(), "message" | "presence" | "iq")
 }
 
 /// `<stream:error>` followed by the stream close.

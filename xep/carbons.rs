@@ -66,7 +66,7 @@ pub fn eligible(msg: &Element) -> bool {
             msg.has_child("body", ns::CLIENT)
                 || msg
                     .children()
-                    .any(|c| c.ns() == RECEIPTS || c.ns() == MARKERS)
+                    .any(|c| c.has_ns(RECEIPTS) || c.has_ns(MARKERS))
         }
         _ => false,
     }
@@ -87,26 +87,44 @@ fn wrap(kind: &str, owner: &BareJid, to: &str, msg: &Element) -> Element {
 
 /// Copy a message a user sent to their other opted-in resources.
 pub fn copy_sent(server: &Server, sender: &jid::FullJid, msg: &Element) {
-    if !server.modules.enabled("carbons") || !eligible(msg) {
+    if !server.modules.enabled("carbons") {
         return;
     }
     let owner = sender.to_bare();
-    for h in server.registry.sessions(&owner) {
-        if &h.jid != sender && h.shared.carbons.load(Ordering::Relaxed) {
-            h.send(to_bytes(&wrap("sent", &owner, h.jid.as_str(), msg)));
-        }
+    let mut targets = server
+        .registry
+        .sessions(&owner)
+        .into_iter()
+        .filter(|h| &h.jid != sender && h.shared.carbons.load(Ordering::Relaxed))
+        .peekable();
+    // Most senders have no other opted-in resource: then the message is not examined.
+    if targets.peek().is_none() || !eligible(msg) {
+        return;
+    }
+    for h in targets {
+        h.send(to_bytes(&wrap("sent", &owner, h.jid.as_str(), msg)));
     }
 }
 
 /// Copy a message a user received to their opted-in resources that did not get it.
 pub fn copy_received(server: &Server, owner: &BareJid, delivered: &[u64], msg: &Element) {
-    if !server.modules.enabled("carbons") || !eligible(msg) {
+    if !server.modules.enabled("carbons") {
         return;
     }
-    for (h, a) in server.registry.available(owner) {
-        if a.priority >= 0 && !delivered.contains(&h.id) && h.shared.carbons.load(Ordering::Relaxed)
-        {
-            h.send(to_bytes(&wrap("received", owner, h.jid.as_str(), msg)));
-        }
+    let mut targets = server
+        .registry
+        .available(owner)
+        .into_iter()
+        .filter(|(h, a)| {
+            a.priority >= 0
+                && !delivered.contains(&h.id)
+                && h.shared.carbons.load(Ordering::Relaxed)
+        })
+        .peekable();
+    if targets.peek().is_none() || !eligible(msg) {
+        return;
+    }
+    for (h, _) in targets {
+        h.send(to_bytes(&wrap("received", owner, h.jid.as_str(), msg)));
     }
 }

@@ -38,12 +38,9 @@ pub fn archivable(msg: &Element) -> bool {
     }
     msg.has_child("body", ns::CLIENT)
         || msg.has_child("store", HINTS)
-        || msg.children().any(|c| {
-            matches!(
-                c.ns().as_str(),
-                "urn:xmpp:receipts" | "urn:xmpp:chat-markers:0"
-            )
-        })
+        || msg
+            .children()
+            .any(|c| c.has_ns("urn:xmpp:receipts") || c.has_ns("urn:xmpp:chat-markers:0"))
 }
 
 /// Groupchat messages kept in a room archive: with a body, or a store hint.

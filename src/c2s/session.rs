@@ -332,10 +332,10 @@ impl Session {
 
     /// Handle one top-level element from the client.
     async fn element(&mut self, conn: &mut XmlConn, e: Element) -> Flow {
-        if e.ns() == sm::NS {
+        if e.has_ns(sm::NS) {
             return self.sm_element(conn, e).await;
         }
-        if e.ns() == csi::NS {
+        if e.has_ns(csi::NS) {
             match e.name() {
                 "active" => {
                     self.csi.inactive = false;
@@ -549,17 +549,31 @@ impl Session {
                 Some(format!("{} is not supported", e.ns())),
             ));
         }
+        // One pass over the attributes for both addresses (each lookup by
+        // name is a tree search comparing namespaces).
+        let (mut from, mut to) = (None, None);
+        for ((ns, name), value) in e.attrs() {
+            if ns.is_none() {
+                match name.as_str() {
+                    "from" => from = Some(value.as_str()),
+                    "to" => to = Some(Jid::new(value)),
+                    _ => {}
+                }
+            }
+        }
         // RFC 6120 §8.1.2.1: a client cannot speak as anyone else.
-        if let Some(from) = e.attr("from") {
-            let ok = Jid::new(from)
-                .is_ok_and(|j| j.as_str() == self.jid.as_str() || j.as_str() == self.bare.as_str());
+        if let Some(from) = from {
+            let ok = from == self.jid.as_str()
+                || Jid::new(from).is_ok_and(|j| {
+                    j.as_str() == self.jid.as_str() || j.as_str() == self.bare.as_str()
+                });
             if !ok {
                 return Err(End::StreamError("invalid-from", None));
             }
         }
         e.set("from", self.jid.as_str());
         self.server.metrics.stanza_in(e.name());
-        match e.attr("to").map(Jid::new) {
+        match to {
             None => Ok(Some(None)),
             Some(Ok(j)) => Ok(Some(Some(j))),
             Some(Err(_)) => {
@@ -778,5 +792,5 @@ async fn reroute(server: &Server, stanzas: &[Bytes]) {
 }
 
 fn is_client_message(e: &Element) -> bool {
-    e.name() == "message" && e.ns() == ns::CLIENT
+    e.name() == "message" && e.has_ns(ns::CLIENT)
 }

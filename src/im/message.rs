@@ -81,7 +81,8 @@ async fn route_serialized(server: &Server, msg: Element, to: Jid, wire: Option<B
         return;
     }
     let bare = to.to_bare();
-    if let Some(from) = msg.attr("from").and_then(|f| Jid::new(f).ok())
+    if server.modules.enabled("blocking")
+        && let Some(from) = msg.attr("from").and_then(|f| Jid::new(f).ok())
         && blocking::blocks(server, &bare, &from).await
     {
         // XEP-0191 §3.5: the blocked sender learns nothing more than this.

@@ -6,7 +6,7 @@
 //! `super::watch_external_changes`. A cluster (roadmap) must add cross-node
 //! invalidation here.
 
-use super::{AccountCredentials, AccountStore, Result};
+use super::{AccountCredentials, AccountStore, CacheEpoch, Result};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,12 +87,16 @@ impl AccountStore for CachedAccounts {
         self.inner.account_exists(jid).await
     }
 
-    async fn cache_epoch(&self) -> Result<i64> {
+    async fn cache_epoch(&self) -> Result<CacheEpoch> {
         self.inner.cache_epoch().await
     }
 
-    async fn bump_cache_epoch(&self) -> Result<()> {
+    async fn bump_cache_epoch(&self) -> Result<i64> {
         self.inner.bump_cache_epoch().await
+    }
+
+    async fn confirm_cache_epoch(&self, seen: i64, now: i64) -> Result<()> {
+        self.inner.confirm_cache_epoch(seen, now).await
     }
 
     fn forget_all(&self) {

@@ -23,6 +23,16 @@ pub enum StorageError {
     Other(String),
 }
 
+/// See migration 0011.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheEpoch {
+    pub epoch: i64,
+    /// The epoch a running server has applied.
+    pub seen: i64,
+    /// When a running server last confirmed it is alive (unix seconds).
+    pub seen_at: i64,
+}
+
 /// SCRAM keys for both hashes we offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountCredentials {
@@ -53,10 +63,14 @@ pub trait AccountStore: Send + Sync {
     async fn account_exists(&self, jid: &str) -> Result<bool> {
         Ok(self.credentials(jid).await?.is_some())
     }
-    /// The external-change counter (see migration 0011).
-    async fn cache_epoch(&self) -> Result<i64>;
-    /// Tell a running server that accounts changed behind its back.
-    async fn bump_cache_epoch(&self) -> Result<()>;
+    /// The external-change counter and the server's acknowledgement of it
+    /// (see migration 0011).
+    async fn cache_epoch(&self) -> Result<CacheEpoch>;
+    /// Tell a running server that accounts changed behind its back; returns
+    /// the new epoch.
+    async fn bump_cache_epoch(&self) -> Result<i64>;
+    /// The server has applied `seen` (and is alive at `now`, unix seconds).
+    async fn confirm_cache_epoch(&self, seen: i64, now: i64) -> Result<()>;
     /// Drop whatever is cached about every account.
     fn forget_all(&self) {}
 }
@@ -479,31 +493,55 @@ impl Storage {
     }
 
     /// Tell a running server (after the admin CLI changed accounts) to drop
-    /// its caches; it notices within `EPOCH_POLL`.
-    pub async fn external_change(&self) -> Result<()> {
-        self.accounts.bump_cache_epoch().await
+    /// its caches, and wait until it has (when one is alive), so that the
+    /// change is in effect when the CLI returns. `false`: a server seems to
+    /// run but did not confirm in time.
+    pub async fn external_change(&self) -> Result<bool> {
+        let epoch = self.accounts.bump_cache_epoch().await?;
+        let alive = |e: &CacheEpoch| now_unix() - e.seen_at <= SERVER_ALIVE.as_secs() as i64;
+        let deadline = std::time::Instant::now() + CONFIRM_WAIT;
+        loop {
+            let e = self.accounts.cache_epoch().await?;
+            if e.seen >= epoch || !alive(&e) {
+                return Ok(true);
+            }
+            if std::time::Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(EPOCH_POLL / 4).await;
+        }
     }
 
     /// Poll the external-change counter and drop every cache about accounts
-    /// when it moves (credentials, rosters, offline hints).
+    /// when it moves (credentials, rosters, offline hints), then confirm.
     pub fn watch_external_changes(&self) -> tokio::task::JoinHandle<()> {
         let storage = self.clone();
         tokio::spawn(async move {
-            let mut seen = storage.accounts.cache_epoch().await.ok();
+            let mut applied: Option<i64> = None;
+            let mut confirmed_at = 0;
             let mut tick = tokio::time::interval(EPOCH_POLL);
             loop {
                 tick.tick().await;
                 let Ok(now) = storage.accounts.cache_epoch().await else {
                     continue;
                 };
-                if seen != Some(now) {
-                    if seen.is_some() {
+                let changed = applied != Some(now.epoch);
+                if changed {
+                    if applied.is_some() {
                         tracing::info!("accounts changed by another process: caches dropped");
                     }
                     storage.accounts.forget_all();
                     storage.roster.forget_all();
                     storage.offline.forget_all();
-                    seen = Some(now);
+                    applied = Some(now.epoch);
+                }
+                let t = now_unix();
+                if changed || t - confirmed_at >= HEARTBEAT.as_secs() as i64 {
+                    if let Err(e) = storage.accounts.confirm_cache_epoch(now.epoch, t).await {
+                        tracing::warn!(error = %e, "confirming the cache epoch failed");
+                    } else {
+                        confirmed_at = t;
+                    }
                 }
             }
         })
@@ -511,7 +549,13 @@ impl Storage {
 }
 
 /// How often a running server looks for account changes made by the CLI.
-pub const EPOCH_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const EPOCH_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often a running server says it is alive (`cache_epoch.seen_at`).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A heartbeat older than this: no server is running.
+const SERVER_ALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long the CLI waits for a running server to apply its change.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn now_unix() -> i64 {
     std::time::SystemTime::now()

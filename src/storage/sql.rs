@@ -29,6 +29,8 @@ macro_rules! with_db {
 
 pub struct SqlStore {
     db: Db,
+    /// Where archive rows are inserted: SQLite's own connection, else `db`.
+    archive_db: Db,
 }
 
 impl SqlStore {
@@ -37,7 +39,7 @@ impl SqlStore {
     }
 
     pub async fn connect(url: &str, pool_size: Option<u32>) -> Result<SqlStore> {
-        let db = if url.starts_with("sqlite:") {
+        let db: (Db, Db) = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -45,10 +47,8 @@ impl SqlStore {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
-                // Archive inserts touch one index page per account per commit:
-                // a larger page cache re-reads fewer of them, and rarer
-                // checkpoints copy a page rewritten by several commits once.
-                .pragma("cache_size", "-16384")
+                // Archive commits rewrite many pages: rarer checkpoints copy a
+                // page rewritten by several commits once.
                 .pragma("wal_autocheckpoint", "8192");
             if let Some(parent) = opts.get_filename().parent()
                 && !parent.as_os_str().is_empty()
@@ -57,20 +57,32 @@ impl SqlStore {
                     StorageError::Other(format!("creating {}: {e}", parent.display()))
                 })?;
             }
+            // Archive inserts (one group-commit writer) get a connection of
+            // their own: its page cache holds the archive's index pages from
+            // one commit to the next, where pooled connections would find
+            // their caches invalidated by each other's writes and read the
+            // pages again. A commit touches one page per account per index.
+            let archive = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts.clone().pragma("cache_size", "-32768"))
+                .await?;
             let pool = SqlitePoolOptions::new()
                 .max_connections(pool_size.unwrap_or(4))
                 .connect_with(opts)
                 .await?;
-            Db::Sqlite(pool)
+            (Db::Sqlite(pool), Db::Sqlite(archive))
         } else {
             let pool = PgPoolOptions::new()
                 .max_connections(pool_size.unwrap_or(10))
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            Db::Postgres(pool)
+            (Db::Postgres(pool.clone()), Db::Postgres(pool))
         };
-        Ok(SqlStore { db })
+        Ok(SqlStore {
+            db: db.0,
+            archive_db: db.1,
+        })
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -219,15 +231,28 @@ impl AccountStore for SqlStore {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    async fn cache_epoch(&self) -> Result<i64> {
-        let row: Option<(i64,)> = with_db!(&self.db, p => sqlx::query_as(
-            "SELECT epoch FROM cache_epoch WHERE id = 1").fetch_optional(p).await?);
-        Ok(row.map(|r| r.0).unwrap_or(0))
+    async fn cache_epoch(&self) -> Result<CacheEpoch> {
+        let row: Option<(i64, i64, i64)> = with_db!(&self.db, p => sqlx::query_as(
+            "SELECT epoch, seen, seen_at FROM cache_epoch WHERE id = 1").fetch_optional(p).await?);
+        Ok(row
+            .map(|(epoch, seen, seen_at)| CacheEpoch {
+                epoch,
+                seen,
+                seen_at,
+            })
+            .unwrap_or_default())
     }
 
-    async fn bump_cache_epoch(&self) -> Result<()> {
+    async fn bump_cache_epoch(&self) -> Result<i64> {
+        let row: (i64,) = with_db!(&self.db, p => sqlx::query_as(
+            "UPDATE cache_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch").fetch_one(p).await?);
+        Ok(row.0)
+    }
+
+    async fn confirm_cache_epoch(&self, seen: i64, now: i64) -> Result<()> {
         with_db!(&self.db, p => sqlx::query(
-            "UPDATE cache_epoch SET epoch = epoch + 1 WHERE id = 1").execute(p).await.map(|_| ())?);
+            "UPDATE cache_epoch SET seen = $1, seen_at = $2 WHERE id = 1")
+            .bind(seen).bind(now).execute(p).await.map(|_| ())?);
         Ok(())
     }
 }
@@ -484,7 +509,7 @@ impl ArchiveStore for SqlStore {
                 (sqlx::AssertSqlSafe(sql), chunk)
             })
             .collect();
-        with_db!(&self.db, p => {
+        with_db!(&self.archive_db, p => {
             let mut tx = p.begin().await?;
             for (sql, chunk) in chunks {
                 let mut q = sqlx::query(sql);

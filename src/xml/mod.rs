@@ -3,6 +3,7 @@
 
 pub mod ns;
 mod parser;
+mod write;
 
 pub use parser::{StreamEvent, StreamHeader, StreamParser, XmlError, is_stream_root};
 
@@ -60,8 +61,7 @@ impl ElementExt for Element {
     }
     fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
-        // Writing to a Vec cannot fail; a malformed tree cannot be built from parsed input.
-        let _ = self.write_to(&mut out);
+        write::write_element(self, &mut out);
         out
     }
 }
