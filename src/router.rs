@@ -66,6 +66,10 @@ impl SessionShared {
     pub fn available(&self) -> Option<Available> {
         self.available.lock().unwrap().clone()
     }
+    /// The priority of the session's available presence (`None`: not available).
+    pub fn priority(&self) -> Option<i8> {
+        self.available.lock().unwrap().as_ref().map(|a| a.priority)
+    }
     pub fn set_available(&self, a: Option<Available>) {
         *self.available.lock().unwrap() = a;
     }
@@ -231,6 +235,15 @@ impl Registry {
             .unwrap()
             .get(&bare)
             .and_then(|l| l.iter().find(|h| &h.jid == full).cloned())
+    }
+
+    /// Sessions that sent available presence, with their priorities (without
+    /// copying their presence stanzas, unlike [`Self::available`]).
+    pub fn available_priorities(&self, bare: &BareJid) -> Vec<(SessionHandle, i8)> {
+        self.sessions(bare)
+            .into_iter()
+            .filter_map(|h| h.shared.priority().map(|p| (h, p)))
+            .collect()
     }
 
     /// Sessions that sent available presence.

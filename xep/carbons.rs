@@ -113,12 +113,10 @@ pub fn copy_received(server: &Server, owner: &BareJid, delivered: &[u64], msg: &
     }
     let mut targets = server
         .registry
-        .available(owner)
+        .available_priorities(owner)
         .into_iter()
-        .filter(|(h, a)| {
-            a.priority >= 0
-                && !delivered.contains(&h.id)
-                && h.shared.carbons.load(Ordering::Relaxed)
+        .filter(|(h, priority)| {
+            *priority >= 0 && !delivered.contains(&h.id) && h.shared.carbons.load(Ordering::Relaxed)
         })
         .peekable();
     if targets.peek().is_none() || !eligible(msg) {

@@ -70,7 +70,7 @@ impl Module for Last {
         if !allowed {
             return error_reply(req.iq, "forbidden", None);
         }
-        if !server.registry.available(jid).is_empty() {
+        if !server.registry.available_priorities(jid).is_empty() {
             return Some(answer(req.iq, 0, ""));
         }
         match server.storage.last.last_activity(jid.as_str()).await {

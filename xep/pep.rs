@@ -194,7 +194,7 @@ pub(crate) async fn notify(server: &Server, owner: &BareJid, node: &PepNode, con
         {
             continue;
         }
-        for (h, _) in server.registry.available(&r) {
+        for (h, _) in server.registry.available_priorities(&r) {
             if caps::wants(server, &h, &node.node) {
                 h.send(to_bytes(&event_message(
                     owner,

@@ -67,8 +67,14 @@ async fn route_serialized(server: &Server, msg: Element, to: Jid, wire: Option<B
         server.muc.handle_message(server, msg).await;
         return;
     }
-    let kind = msg.attr("type").unwrap_or("normal").to_string();
-    let kind = kind.as_str();
+    // RFC 6121 §5.2.2: an unknown type is handled as normal.
+    let kind = match msg.attr("type") {
+        Some("chat") => "chat",
+        Some("groupchat") => "groupchat",
+        Some("headline") => "headline",
+        Some("error") => "error",
+        _ => "normal",
+    };
     if !server.config.serves(to.domain().as_str()) {
         crate::s2s::send(server, msg);
         return;
@@ -116,27 +122,20 @@ async fn deliver_bare(
     bare: &BareJid,
     wire: Option<Bytes>,
 ) {
-    let available = server.registry.available(bare);
+    let available = server.registry.available_priorities(bare);
     let targets: Vec<_> = match kind {
         "groupchat" => {
             bounce(server, &msg, "service-unavailable", None);
             return;
         }
         "error" => return,
-        "headline" => available.iter().filter(|(_, a)| a.priority >= 0).collect(),
+        "headline" => available.iter().filter(|(_, p)| *p >= 0).collect(),
         _ => {
-            let best = available
-                .iter()
-                .map(|(_, a)| a.priority)
-                .max()
-                .unwrap_or(-1);
+            let best = available.iter().map(|(_, p)| *p).max().unwrap_or(-1);
             if best < 0 {
                 Vec::new()
             } else {
-                available
-                    .iter()
-                    .filter(|(_, a)| a.priority == best)
-                    .collect()
+                available.iter().filter(|(_, p)| *p == best).collect()
             }
         }
     };

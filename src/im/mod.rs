@@ -13,7 +13,7 @@ use minidom::Element;
 
 /// Send a stanza to every available resource of a local account.
 pub fn to_available(server: &Server, bare: &BareJid, el: &Element) -> usize {
-    let sessions = server.registry.available(bare);
+    let sessions = server.registry.available_priorities(bare);
     if sessions.is_empty() {
         return 0;
     }

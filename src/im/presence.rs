@@ -188,7 +188,7 @@ pub async fn broadcast_unavailable(
     if !was_available {
         return Ok(());
     }
-    if server.modules.enabled("last") && server.registry.available(&user).is_empty() {
+    if server.modules.enabled("last") && server.registry.available_priorities(&user).is_empty() {
         // The status given when leaving, else the last one shown (a dropped connection says nothing).
         let status = p
             .get_child("status", ns::CLIENT)

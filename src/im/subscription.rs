@@ -311,7 +311,7 @@ pub fn send_current_presence(server: &Server, user: &BareJid, contact: &BareJid)
 
 /// Tell `contact` that every resource of `user` is gone (subscription ended).
 pub fn send_unavailable(server: &Server, user: &BareJid, contact: &BareJid) {
-    for (h, _) in server.registry.available(user) {
+    for (h, _) in server.registry.available_priorities(user) {
         let p = el("presence", ns::CLIENT)
             .a("type", "unavailable")
             .a("from", h.jid.as_str())
