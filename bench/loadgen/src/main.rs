@@ -452,6 +452,27 @@ struct RecvStats {
 type WriteHalf = tokio::io::WriteHalf<Tls>;
 type SharedW = Arc<tokio::sync::Mutex<WriteHalf>>;
 
+/// Polite close of every stream, all at once.
+async fn close_all(writers: Vec<SharedW>) {
+    let mut set = tokio::task::JoinSet::new();
+    for w in writers {
+        set.spawn(async move {
+            let mut w = w.lock().await;
+            let _ = w.write_all(b"</stream:stream>").await;
+            let _ = w.shutdown().await;
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// The later of two optional instants (the last receipt over all receivers).
+fn latest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 async fn receiver(
     mut c: Conn<tokio::io::ReadHalf<Tls>>,
     dir: Arc<Dir>,
@@ -791,21 +812,9 @@ async fn scen_pairs(
         agg.other += st.other;
         agg.pings += st.pings;
         dropped += st.dropped as u64;
-        last = match (last, st.last_at) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        last = latest(last, st.last_at);
     }
-    // polite close of every stream, all at once
-    let mut cset = tokio::task::JoinSet::new();
-    for w in writers {
-        cset.spawn(async move {
-            let mut w = w.lock().await;
-            let _ = w.write_all(b"</stream:stream>").await;
-            let _ = w.shutdown().await;
-        });
-    }
-    while cset.join_next().await.is_some() {}
+    close_all(writers).await;
     let active = last.map(|l| (l - start).as_secs_f64()).unwrap_or(duration);
     let lost = sent.saturating_sub(agg.received);
     let mut m = ctx.base("pairs");

@@ -5,7 +5,9 @@
 use crate::procfs::{Snap, cpu_json};
 use crate::stats::Samples;
 use crate::xmpp::{self, Conn, Stanza, Tls};
-use crate::{Ctx, Dir, Errors, SharedW, now_us, parse_u64, ping_reply, pool, sender};
+use crate::{
+    Ctx, Dir, Errors, SharedW, close_all, latest, now_us, parse_u64, ping_reply, pool, sender,
+};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -356,20 +358,9 @@ pub async fn scen_muc(ctx: Arc<Ctx>, a: MucArgs) -> Result<Value> {
         agg.other += st.other;
         agg.pings += st.pings;
         dropped += st.dropped as u64;
-        last = match (last, st.last_at) {
-            (Some(x), Some(y)) => Some(x.max(y)),
-            (x, y) => x.or(y),
-        };
+        last = latest(last, st.last_at);
     }
-    let mut cset = tokio::task::JoinSet::new();
-    for w in writers {
-        cset.spawn(async move {
-            let mut w = w.lock().await;
-            let _ = w.write_all(b"</stream:stream>").await;
-            let _ = w.shutdown().await;
-        });
-    }
-    while cset.join_next().await.is_some() {}
+    close_all(writers).await;
     let received = agg.received.saturating_sub(stray);
     let active = last
         .map(|l| (l - start).as_secs_f64())
