@@ -7,6 +7,7 @@ pub mod http;
 pub mod im;
 pub mod metrics;
 pub mod net;
+pub mod outbox;
 pub mod router;
 pub mod s2s;
 pub mod sasl;

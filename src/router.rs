@@ -6,6 +6,7 @@
 //! (`Bytes`). A session whose queue is full is not read from fast enough; it is
 //! cut off rather than allowed to grow server memory.
 
+use crate::outbox::{Outbox, PushError};
 use bytes::Bytes;
 use jid::{BareJid, FullJid};
 use minidom::Element;
@@ -13,7 +14,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Why a session is being terminated from outside its own task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +44,55 @@ impl Kill {
 #[derive(Debug, Clone)]
 pub struct Available {
     pub priority: i8,
-    /// The presence stanza, `from` stamped, without `to`.
-    pub stanza: Element,
+    /// The presence stanza, `from` stamped, without `to`, serialized: every
+    /// session keeps one, and a parsed tree costs several times its text
+    /// (idle memory, BENCHMARKS.md).
+    pub stanza: Bytes,
 }
 
-#[derive(Debug, Default)]
+impl Available {
+    pub fn new(priority: i8, stanza: &Element) -> Self {
+        debug_assert!(stanza.attr("to").is_none());
+        Available {
+            priority,
+            stanza: to_bytes(stanza),
+        }
+    }
+
+    /// The stanza addressed to `to`, as bytes to queue.
+    pub fn addressed(&self, to: &str) -> Bytes {
+        const OPEN: &[u8] = b"<presence";
+        let s = &self.stanza;
+        let Some(rest) = s.strip_prefix(OPEN) else {
+            // Not written by our serializer (never the case): go through a tree.
+            return self
+                .element()
+                .map(|mut e| {
+                    crate::xml::ElementExt::set(&mut e, "to", to);
+                    to_bytes(&e)
+                })
+                .unwrap_or_default();
+        };
+        let to = crate::xml::escape(to);
+        let mut out = Vec::with_capacity(s.len() + to.len() + 6);
+        out.extend_from_slice(OPEN);
+        out.extend_from_slice(b" to='");
+        out.extend_from_slice(to.as_bytes());
+        out.push(b'\'');
+        out.extend_from_slice(rest);
+        Bytes::from(out)
+    }
+
+    /// The stanza as a tree (for the rare paths that edit it or go to s2s).
+    pub fn element(&self) -> Option<Element> {
+        std::str::from_utf8(&self.stanza).ok()?.parse().ok()
+    }
+}
+
+#[derive(Debug)]
 pub struct SessionShared {
+    /// Serialized stanzas waiting to be written to the client.
+    outbox: Outbox,
     available: Mutex<Option<Available>>,
     /// Requested the roster, so receives roster pushes (RFC 6121 §2.1.6).
     pub interested: AtomicBool,
@@ -63,6 +107,19 @@ pub struct SessionShared {
 }
 
 impl SessionShared {
+    fn new(queue: usize) -> Self {
+        SessionShared {
+            outbox: Outbox::new(queue),
+            available: Mutex::default(),
+            interested: AtomicBool::default(),
+            carbons: AtomicBool::default(),
+            caps: Mutex::default(),
+            push: Mutex::default(),
+            kill: Notify::new(),
+            kill_reason: Mutex::default(),
+        }
+    }
+
     pub fn available(&self) -> Option<Available> {
         self.available.lock().unwrap().clone()
     }
@@ -92,33 +149,55 @@ impl SessionShared {
 pub struct SessionHandle {
     pub jid: FullJid,
     pub id: u64,
-    tx: mpsc::Sender<Bytes>,
     pub shared: Arc<SessionShared>,
 }
 
+/// The session task's end of its outbound queue; closes the queue when dropped.
+pub struct QueueReader(Arc<SessionShared>);
+
+impl QueueReader {
+    /// Up to `max` queued stanzas, waiting for the first (cancel-safe).
+    pub async fn recv_batch(&self, max: usize) -> Vec<Bytes> {
+        self.0.outbox.recv_batch(max).await
+    }
+    /// Whatever is queued, without waiting.
+    pub fn take_all(&self) -> Vec<Bytes> {
+        self.0.outbox.take(usize::MAX)
+    }
+    /// No more stanzas are accepted; what is queued can still be taken.
+    pub fn close(&self) {
+        self.0.outbox.close();
+    }
+}
+
+impl Drop for QueueReader {
+    fn drop(&mut self) {
+        self.0.outbox.close();
+    }
+}
+
 impl SessionHandle {
-    pub fn new(jid: FullJid, queue: usize) -> (SessionHandle, mpsc::Receiver<Bytes>) {
+    pub fn new(jid: FullJid, queue: usize) -> (SessionHandle, QueueReader) {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let (tx, rx) = mpsc::channel(queue);
+        let shared = Arc::new(SessionShared::new(queue));
         let h = SessionHandle {
             jid,
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            tx,
-            shared: Arc::new(SessionShared::default()),
+            shared: shared.clone(),
         };
-        (h, rx)
+        (h, QueueReader(shared))
     }
 
     /// Queue a serialized stanza; never waits. A full queue kills the session.
     pub fn send(&self, data: Bytes) -> bool {
-        match self.tx.try_send(data) {
+        match self.shared.outbox.push(data) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full(_)) => {
                 tracing::warn!(jid = %self.jid, "outbound queue full; disconnecting slow session");
                 self.kill(Kill::Overflow);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(PushError::Closed(_)) => false,
         }
     }
 
@@ -129,16 +208,17 @@ impl SessionHandle {
         // Half the queue stays free for live stanzas (presence, messages),
         // which would otherwise find it full and end the session. Without
         // waiting while there is room: the session then writes large batches.
-        let reserve = self.tx.max_capacity() / 2;
+        let outbox = &self.shared.outbox;
+        let reserve = outbox.max_capacity() / 2;
         let mut data = data;
         loop {
-            if self.tx.capacity() > reserve {
-                match self.tx.try_send(data) {
+            if outbox.capacity() > reserve {
+                match outbox.push(data) {
                     Ok(()) => return true,
-                    Err(mpsc::error::TrySendError::Full(d)) => data = d,
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                    Err(PushError::Full(d)) => data = d,
+                    Err(PushError::Closed(_)) => return false,
                 }
-            } else if self.tx.is_closed() {
+            } else if outbox.is_closed() {
                 return false;
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
@@ -157,7 +237,7 @@ impl SessionHandle {
 
     /// Stanzas waiting in the queue (for metrics).
     pub fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.shared.outbox.len()
     }
 }
 
@@ -189,7 +269,8 @@ impl Registry {
     pub fn bind(&self, handle: SessionHandle) -> Option<SessionHandle> {
         let bare = handle.jid.to_bare();
         let mut shard = self.shard(&bare).lock().unwrap();
-        let list = shard.entry(bare).or_default();
+        // Most accounts have one session: no room for four.
+        let list = shard.entry(bare).or_insert_with(|| Vec::with_capacity(1));
         let old = list
             .iter()
             .position(|h| h.jid == handle.jid)
@@ -277,4 +358,27 @@ impl Registry {
 pub fn to_bytes(el: &Element) -> Bytes {
     use crate::xml::ElementExt;
     Bytes::from(el.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::{BuilderExt, el, ns};
+
+    #[test]
+    fn available_presence_is_addressed_without_a_tree() {
+        let p = el("presence", ns::CLIENT)
+            .a("from", "a@x/r")
+            .c(el("status", ns::CLIENT).t("out & about").build())
+            .c(el("priority", ns::CLIENT).t("5").build())
+            .build();
+        let a = Available::new(5, &p);
+        let sent = a.addressed("b@x/'q'");
+        let parsed: Element = std::str::from_utf8(&sent).unwrap().parse().unwrap();
+        assert_eq!(parsed.attr("to"), Some("b@x/'q'"));
+        assert_eq!(parsed.attr("from"), Some("a@x/r"));
+        let status = parsed.get_child("status", ns::CLIENT).unwrap();
+        assert_eq!(status.text(), "out & about");
+        assert_eq!(a.element().unwrap().attr("to"), None);
+    }
 }

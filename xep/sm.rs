@@ -18,7 +18,7 @@ pub const NS: &str = "urn:xmpp:sm:3";
 
 /// A new connection taking over a hibernated (or stale) session.
 pub struct Resume {
-    pub conn: XmlConn,
+    pub conn: Box<XmlConn>,
     /// Stanzas the client says it handled.
     pub h: u32,
     /// Resumed inside SASL2: answer with this `<success/>` around `<resumed/>`.

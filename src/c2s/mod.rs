@@ -132,7 +132,9 @@ pub async fn serve_websocket(
 
 /// Negotiate, then run the session, on any transport.
 async fn run(server: Arc<Server>, conn: Box<XmlConn>, peer: SocketAddr) {
-    let negotiated = Box::pin(negotiate(server.clone(), *conn, peer)).await;
+    // The connection stays boxed from here on: this future and the session's
+    // then hold a pointer, not one more copy each (idle memory).
+    let negotiated = Box::pin(negotiate(server.clone(), conn, peer)).await;
     if let Some((conn, bound)) = negotiated {
         let session = Box::pin(session::run(server, conn, bound));
         tracing::trace!(
@@ -147,9 +149,9 @@ async fn run(server: Arc<Server>, conn: Box<XmlConn>, peer: SocketAddr) {
 /// Stream negotiation up to a bound session; on failure the stream is ended here.
 async fn negotiate(
     server: Arc<Server>,
-    mut conn: XmlConn,
+    mut conn: Box<XmlConn>,
     peer: SocketAddr,
-) -> Option<(XmlConn, Bound)> {
+) -> Option<(Box<XmlConn>, Bound)> {
     let mut neg = Negotiation {
         server: server.clone(),
         peer,
@@ -189,7 +191,7 @@ async fn negotiate(
 /// What a successful negotiation hands to the session loop.
 pub struct Bound {
     pub handle: SessionHandle,
-    pub rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    pub rx: crate::router::QueueReader,
     /// Stream management already enabled (Bind2 inline).
     pub sm: Option<crate::xep::sm::SmState>,
     /// Start inactive (XEP-0352 via Bind2 inline).
@@ -789,10 +791,7 @@ impl Negotiation {
 impl Negotiation {
     /// Register a session for `full`, replacing one with the same resource;
     /// `None` when the account has too many resources already.
-    fn bind_session(
-        &self,
-        full: &FullJid,
-    ) -> Option<(SessionHandle, tokio::sync::mpsc::Receiver<bytes::Bytes>)> {
+    fn bind_session(&self, full: &FullJid) -> Option<(SessionHandle, crate::router::QueueReader)> {
         let existing = self.server.registry.sessions(&full.to_bare());
         if existing.len() >= MAX_RESOURCES_PER_ACCOUNT && !existing.iter().any(|h| &h.jid == full) {
             return None;
@@ -851,7 +850,7 @@ impl Negotiation {
             previd,
             bare,
             Resume {
-                conn: taken,
+                conn: Box::new(taken),
                 h,
                 sasl2: None,
             },
@@ -861,7 +860,7 @@ impl Negotiation {
                 Err(Abort::Resumed)
             }
             Err(back) => {
-                *conn = back.conn;
+                *conn = *back.conn;
                 conn.write(&crate::xep::sm::failed("item-not-found"))
                     .await?;
                 Ok(())

@@ -128,7 +128,7 @@ impl Negotiation {
                 XmlConn::new(Transport::Gone, &self.server.config.limits),
             );
             let resume = Resume {
-                conn: taken,
+                conn: Box::new(taken),
                 h: *h,
                 sasl2: Some(success.clone()),
             };
@@ -138,7 +138,7 @@ impl Negotiation {
                     return Err(Abort::Resumed);
                 }
                 Err(back) => {
-                    *conn = back.conn;
+                    *conn = *back.conn;
                     let failed: Element = String::from_utf8(sm::failed("item-not-found"))
                         .expect("utf-8")
                         .parse()

@@ -71,7 +71,7 @@ struct Session {
     csi: Csi,
 }
 
-async fn read(conn: &mut Option<XmlConn>) -> Result<(), ConnError> {
+async fn read(conn: &mut Option<Box<XmlConn>>) -> Result<(), ConnError> {
     match conn {
         Some(c) => c.read_some().await,
         None => std::future::pending().await,
@@ -85,10 +85,12 @@ async fn resumption(rx: &mut Option<mpsc::Receiver<Resume>>) -> Option<Resume> {
     }
 }
 
-pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
+/// `conn` is boxed so that the connection is not one more copy inside this
+/// future, whose every slot each idle session pays for (idle memory).
+pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
     let Bound {
         handle,
-        mut rx,
+        rx,
         sm,
         inactive,
     } = bound;
@@ -173,14 +175,7 @@ pub async fn run(server: Arc<Server>, conn: XmlConn, bound: Bound) {
                     None => broken = conn.is_none(),
                 }
             }
-            Some(first) = rx.recv() => {
-                let mut batch = vec![first];
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(b) => batch.push(b),
-                        Err(_) => break,
-                    }
-                }
+            batch = rx.recv_batch(WRITE_BATCH) => {
                 inflight.clear();
                 if conn.is_none() && server.modules.enabled("push") {
                     // Hibernated: the device only learns of messages through its push service.
@@ -291,7 +286,7 @@ impl Session {
     }
 
     /// A new connection resumes this session: ack, answer, resend the unacked.
-    async fn resume(&mut self, r: Resume) -> Option<XmlConn> {
+    async fn resume(&mut self, r: Resume) -> Option<Box<XmlConn>> {
         let Resume { mut conn, h, sasl2 } = r;
         let sm = self.sm.as_mut()?;
         let id = sm.id.clone().unwrap_or_default();
@@ -434,8 +429,8 @@ impl Session {
     async fn finish(
         mut self,
         end: End,
-        mut conn: Option<XmlConn>,
-        mut rx: mpsc::Receiver<Bytes>,
+        mut conn: Option<Box<XmlConn>>,
+        rx: crate::router::QueueReader,
         inflight: Vec<Bytes>,
     ) {
         let server = self.server.clone();
@@ -465,9 +460,7 @@ impl Session {
         // Closed first: a bulk feeder (offline backlog) stops instead of
         // filling a queue nobody drains any more.
         rx.close();
-        while let Ok(b) = rx.try_recv() {
-            queued.push(b);
-        }
+        queued.extend(rx.take_all());
         if conn.is_some() && end.flushes() && !had_sm {
             // Without stream management, a stream that closes cleanly gets what was queued.
             let frames: Vec<&[u8]> = queued.iter().map(|b| &b[..]).collect();

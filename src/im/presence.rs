@@ -74,10 +74,8 @@ async fn broadcast_available(
     let old_caps = h.shared.caps.lock().unwrap().clone();
     let caps_known = server.modules.enabled("pep") && crate::xep::caps::on_presence(server, h, &p);
     let caps_changed = *h.shared.caps.lock().unwrap() != old_caps;
-    h.shared.set_available(Some(Available {
-        priority: priority(&p),
-        stanza: p.clone(),
-    }));
+    h.shared
+        .set_available(Some(Available::new(priority(&p), &p)));
     let (_, roster) = server.storage.roster.roster(user.as_str()).await?;
     for item in roster.iter().filter(|i| i.subscription.has_from()) {
         if let Ok(contact) = BareJid::new(&item.contact) {
@@ -124,9 +122,7 @@ async fn broadcast_available(
         // Our other resources' presence, so this one sees them too.
         for (other, avail) in server.registry.available(&user) {
             if other.id != h.id {
-                let mut q = avail.stanza.clone();
-                q.set("to", h.jid.as_str());
-                h.send(crate::router::to_bytes(&q));
+                h.send(avail.addressed(h.jid.as_str()));
             }
         }
     }
@@ -158,9 +154,7 @@ async fn probe(server: &Server, h: &SessionHandle, contact: &BareJid) -> Result<
         return Ok(());
     }
     for (_, avail) in server.registry.available(contact) {
-        let mut q = avail.stanza.clone();
-        q.set("to", h.jid.as_str());
-        h.send(crate::router::to_bytes(&q));
+        h.send(avail.addressed(h.jid.as_str()));
     }
     Ok(())
 }
@@ -190,15 +184,13 @@ pub async fn broadcast_unavailable(
     }
     if server.modules.enabled("last") && server.registry.available_priorities(&user).is_empty() {
         // The status given when leaving, else the last one shown (a dropped connection says nothing).
-        let status = p
-            .get_child("status", ns::CLIENT)
-            .or_else(|| {
-                previous
-                    .as_ref()
-                    .and_then(|a| a.stanza.get_child("status", ns::CLIENT))
-            })
-            .map(|s| s.text())
-            .unwrap_or_default();
+        let status = match p.get_child("status", ns::CLIENT) {
+            Some(s) => s.text(),
+            None => previous
+                .and_then(|a| a.element())
+                .and_then(|e| e.get_child("status", ns::CLIENT).map(|s| s.text()))
+                .unwrap_or_default(),
+        };
         crate::xep::last::record(server, &user, &status).await;
     }
     let (_, roster) = server.storage.roster.roster(user.as_str()).await?;

@@ -303,9 +303,10 @@ pub async fn inbound_unsubscribed(
 /// Send `user`'s current presence (every available resource) to `contact`.
 pub fn send_current_presence(server: &Server, user: &BareJid, contact: &BareJid) {
     for (_, avail) in server.registry.available(user) {
-        let mut p = avail.stanza.clone();
-        p.set("to", contact.as_str());
-        crate::im::to_contact(server, contact, &p);
+        if let Some(mut p) = avail.element() {
+            p.set("to", contact.as_str());
+            crate::im::to_contact(server, contact, &p);
+        }
     }
 }
 

@@ -111,8 +111,10 @@ impl StreamParser {
             self.stack.clear();
         } else if self.stack.is_empty() {
             // Between stanzas: give back rxml's token scratchpad (it reserves
-            // max_token_length, 64 KiB, per parser) so idle streams hold none.
+            // max_token_length, 64 KiB, per parser) and the element stack,
+            // so idle streams hold neither.
             self.parser.release_temporaries();
+            self.stack = Vec::new();
         }
         r
     }

@@ -1,0 +1,145 @@
+//! A bound session's outbound queue: bounded, any number of senders, one
+//! reader (the session's task). tokio's mpsc channel allocates a block of
+//! 32 slots up front and keeps it; this queue holds no allocation while it is
+//! empty, which every idle session's queue is (idle memory, BENCHMARKS.md).
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
+
+/// Why a stanza was not queued; it is handed back.
+#[derive(Debug)]
+pub enum PushError {
+    /// The queue holds its maximum.
+    Full(Bytes),
+    /// The reader is gone (the session ended).
+    Closed(Bytes),
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Bytes>>,
+    max: usize,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+impl Outbox {
+    pub fn new(max: usize) -> Self {
+        Outbox {
+            queue: Mutex::new(VecDeque::new()),
+            max: max.max(1),
+            ready: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queue without waiting.
+    pub fn push(&self, data: Bytes) -> Result<(), PushError> {
+        if self.is_closed() {
+            return Err(PushError::Closed(data));
+        }
+        let mut q = self.queue.lock().unwrap();
+        if q.len() >= self.max {
+            return Err(PushError::Full(data));
+        }
+        q.push_back(data);
+        drop(q);
+        // Stores a permit when the reader is not waiting: no lost wake-up.
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The most it holds.
+    pub fn max_capacity(&self) -> usize {
+        self.max
+    }
+
+    /// Stanzas waiting.
+    pub fn len(&self) -> usize {
+        self.queue.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Free slots.
+    pub fn capacity(&self) -> usize {
+        self.max.saturating_sub(self.len())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The reader is done: later pushes fail, what is queued can still be taken.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Up to `max` stanzas, waiting until there is at least one. Cancel-safe:
+    /// stanzas are taken only in the poll that returns them.
+    pub async fn recv_batch(&self, max: usize) -> Vec<Bytes> {
+        loop {
+            let notified = self.ready.notified();
+            let batch = self.take(max);
+            if !batch.is_empty() {
+                return batch;
+            }
+            notified.await;
+        }
+    }
+
+    /// Up to `max` stanzas without waiting (possibly none).
+    pub fn take(&self, max: usize) -> Vec<Bytes> {
+        let mut q = self.queue.lock().unwrap();
+        let n = q.len().min(max);
+        let batch: Vec<Bytes> = q.drain(..n).collect();
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_ordered_and_closable() {
+        let o = Outbox::new(3);
+        for i in 0..3 {
+            o.push(Bytes::from(vec![i])).unwrap();
+        }
+        assert!(matches!(o.push(Bytes::new()), Err(PushError::Full(_))));
+        assert_eq!(o.capacity(), 0);
+        let got = o.take(2);
+        assert_eq!(got, vec![Bytes::from(vec![0]), Bytes::from(vec![1])]);
+        o.close();
+        assert!(matches!(o.push(Bytes::new()), Err(PushError::Closed(_))));
+        assert_eq!(o.take(10), vec![Bytes::from(vec![2])]);
+        assert!(o.is_empty());
+    }
+
+    #[tokio::test]
+    async fn wakes_the_reader_and_releases_capacity() {
+        let o = std::sync::Arc::new(Outbox::new(100));
+        let reader = {
+            let o = o.clone();
+            tokio::spawn(async move { o.recv_batch(64).await })
+        };
+        tokio::task::yield_now().await;
+        for i in 0..50u8 {
+            o.push(Bytes::from(vec![i])).unwrap();
+        }
+        let first = reader.await.unwrap();
+        assert!(!first.is_empty());
+        let rest = o.take(100);
+        assert_eq!(first.len() + rest.len(), 50);
+        assert_eq!(o.queue.lock().unwrap().capacity(), 0);
+    }
+}
