@@ -8,6 +8,7 @@ pub mod im;
 pub mod metrics;
 pub mod net;
 pub mod outbox;
+pub mod random;
 pub mod router;
 pub mod s2s;
 pub mod sasl;

@@ -163,6 +163,7 @@ fn server_provider() -> rustls::crypto::CryptoProvider {
         _ => 3,
     };
     p.cipher_suites.sort_by_key(rank);
+    p.secure_random = &crate::random::PooledRandom;
     p
 }
 

@@ -257,19 +257,24 @@ impl XmlConn {
     pub async fn send_features(&mut self, features: &minidom::Element) -> io::Result<()> {
         use crate::xml::ElementExt;
         let bytes = features.to_bytes();
-        let declare = if self.io.is_framed() {
-            format!(" xmlns:stream='{}'", crate::xml::ns::STREAM)
-        } else {
-            String::new()
+        let open = format!("<features xmlns='{}'", crate::xml::ns::STREAM);
+        // Our serializer writes `<features xmlns='…'>…</features>` (or `…/>`):
+        // swap the name for the prefixed one without re-scanning the text.
+        let body = bytes
+            .strip_prefix(open.as_bytes())
+            .expect("features element from our serializer");
+        let (inner, close): (&[u8], &[u8]) = match body.strip_suffix(b"</features>") {
+            Some(inner) => (inner, b"</stream:features>"),
+            None => (body, b""),
         };
-        let text = String::from_utf8_lossy(&bytes)
-            .replacen(
-                &format!("<features xmlns='{}'", crate::xml::ns::STREAM),
-                &format!("<stream:features{declare}"),
-                1,
-            )
-            .replace("</features>", "</stream:features>");
-        self.write(text.as_bytes()).await
+        let mut out = Vec::with_capacity(bytes.len() + 64);
+        out.extend_from_slice(b"<stream:features");
+        if self.io.is_framed() {
+            out.extend_from_slice(format!(" xmlns:stream='{}'", crate::xml::ns::STREAM).as_bytes());
+        }
+        out.extend_from_slice(inner);
+        out.extend_from_slice(close);
+        self.write(&out).await
     }
 
     /// Our side of the stream ends: `</stream:stream>` or RFC 7395 `<close/>`.

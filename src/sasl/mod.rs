@@ -58,9 +58,7 @@ pub fn parse_plain(msg: &[u8]) -> Result<(String, String, String), SaslFailure> 
     Ok((authz, user, pass))
 }
 
-/// Random bytes from the OS.
+/// Random bytes from the OS (through the per-thread pool, src/random.rs).
 pub fn random_bytes(n: usize) -> Vec<u8> {
-    let mut v = vec![0u8; n];
-    getrandom::fill(&mut v).expect("OS random source");
-    v
+    crate::random::bytes(n)
 }

@@ -1,7 +1,9 @@
 //! The same storage cases on SQLite and PostgreSQL.
 
 use crate::common::*;
-use xmppd::storage::{AccountCredentials, RosterItem, Storage, Subscription};
+use xmppd::storage::{
+    AccountCredentials, ArchiveQuery, NewArchived, RosterItem, Storage, Subscription,
+};
 
 async fn exercise(url: &str) {
     let st = Storage::open(url, None).await.unwrap();
@@ -68,6 +70,43 @@ async fn exercise(url: &str) {
     assert_eq!(
         st.vcards.vcard("alice@localhost").await.unwrap().as_deref(),
         Some("<vCard xmlns='vcard-temp'><FN>A</FN></vCard>")
+    );
+
+    // An archive batch that repeats an (owner, id) keeps the first row and
+    // stores the rest of the batch: the repeat is skipped, not an error.
+    let row = |id: &str, body: &str| NewArchived {
+        owner: "alice@localhost".into(),
+        stanza_id: id.into(),
+        with: "bob@localhost".into(),
+        stanza: format!("<message><body>{body}</body></message>"),
+        created_at: 1,
+    };
+    st.archive
+        .archive(&[row("s1", "first"), row("s1", "again"), row("s2", "second")])
+        .await
+        .unwrap();
+    let page = st
+        .archive
+        .query_archive(
+            "alice@localhost",
+            &ArchiveQuery {
+                max: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let kept: Vec<(&str, &str)> = page
+        .items
+        .iter()
+        .map(|i| (i.stanza_id.as_str(), i.stanza.as_str()))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            ("s1", "<message><body>first</body></message>"),
+            ("s2", "<message><body>second</body></message>")
+        ]
     );
 
     r.put_roster_item("alice@localhost", &item).await.unwrap();
