@@ -38,10 +38,12 @@ impl Outbox {
 
     /// Queue without waiting.
     pub fn push(&self, data: Bytes) -> Result<(), PushError> {
+        let mut q = self.queue.lock().unwrap();
+        // Checked under the lock that `close` takes: once `close` returns,
+        // no push succeeds, so a final `take` sees everything ever queued.
         if self.is_closed() {
             return Err(PushError::Closed(data));
         }
-        let mut q = self.queue.lock().unwrap();
         if q.len() >= self.max {
             return Err(PushError::Full(data));
         }
@@ -77,6 +79,7 @@ impl Outbox {
 
     /// The reader is done: later pushes fail, what is queued can still be taken.
     pub fn close(&self) {
+        let _q = self.queue.lock().unwrap();
         self.closed.store(true, Ordering::Release);
     }
 
@@ -122,6 +125,31 @@ mod tests {
         o.close();
         assert!(matches!(o.push(Bytes::new()), Err(PushError::Closed(_))));
         assert_eq!(o.take(10), vec![Bytes::from(vec![2])]);
+        assert!(o.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_queued_after_close_returns() {
+        // Pushers racing a close: every push that succeeded is still there
+        // for the final take, and none succeeds after it.
+        let o = std::sync::Arc::new(Outbox::new(1_000_000));
+        let pushers: Vec<_> = (0..4)
+            .map(|_| {
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    let mut ok = 0usize;
+                    while o.push(Bytes::from_static(b"x")).is_ok() {
+                        ok += 1;
+                    }
+                    ok
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        o.close();
+        let taken = o.take(usize::MAX).len();
+        let pushed: usize = pushers.into_iter().map(|p| p.join().unwrap()).sum();
+        assert_eq!(taken, pushed);
         assert!(o.is_empty());
     }
 
