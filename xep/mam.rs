@@ -109,9 +109,9 @@ async fn wants(server: &Server, owner: &BareJid, with: &BareJid) -> bool {
 }
 
 /// A XEP-0359 stanza id: the time in milliseconds (12 hex digits, so ids
-/// sort by time) then 72 random bits. Ordered ids land at the end of each
-/// account's range in the `(owner, stanza_id)` index, so a commit of many
-/// messages touches one index page per account, not one per message.
+/// sort by time) then 72 random bits. Ordered ids land at the end of the
+/// `(stanza_id, owner)` index, so a commit of many messages writes a few
+/// pages of it, not one per message or per account.
 fn new_stanza_id() -> String {
     use base64::Engine;
     let ms = (now_micros() / 1000) as u64 & 0xffff_ffff_ffff;

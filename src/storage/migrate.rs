@@ -78,6 +78,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0011_cache_epoch.sql"),
         postgres: include_str!("../../migrations/postgres/0011_cache_epoch.sql"),
     },
+    Migration {
+        version: 12,
+        name: "archive_sid_first",
+        sqlite: include_str!("../../migrations/sqlite/0012_archive_sid_first.sql"),
+        postgres: include_str!("../../migrations/postgres/0012_archive_sid_first.sql"),
+    },
 ];
 
 const CREATE_TABLE: &str =
