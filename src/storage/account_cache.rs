@@ -6,35 +6,26 @@
 //! `super::watch_external_changes`. A cluster (roadmap) must add cross-node
 //! invalidation here.
 
+use super::guarded_map::GuardedMap;
 use super::{AccountCredentials, AccountStore, CacheEpoch, Result};
 use async_trait::async_trait;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// Accounts cached at most; beyond it the cache starts over.
-const MAX_ENTRIES: usize = 100_000;
+use std::sync::Arc;
 
 pub struct CachedAccounts {
     inner: Arc<dyn AccountStore>,
-    entries: Mutex<HashMap<String, Arc<AccountCredentials>>>,
-    /// Bumped by every write: a read that overlapped a write is not cached.
-    writes: AtomicU64,
+    entries: GuardedMap<Arc<AccountCredentials>>,
 }
 
 impl CachedAccounts {
     pub fn new(inner: Arc<dyn AccountStore>) -> Self {
         CachedAccounts {
             inner,
-            entries: Mutex::new(HashMap::new()),
-            writes: AtomicU64::new(0),
+            entries: GuardedMap::default(),
         }
     }
 
     fn invalidate(&self, jid: &str) {
-        let mut entries = self.entries.lock().unwrap();
-        self.writes.fetch_add(1, Ordering::AcqRel);
-        entries.remove(jid);
+        self.entries.invalidate(jid);
     }
 }
 
@@ -47,19 +38,13 @@ impl AccountStore for CachedAccounts {
     }
 
     async fn credentials(&self, jid: &str) -> Result<Option<AccountCredentials>> {
-        if let Some(c) = self.entries.lock().unwrap().get(jid) {
-            return Ok(Some((**c).clone()));
+        if let Some(c) = self.entries.get(jid) {
+            return Ok(Some((*c).clone()));
         }
-        let before = self.writes.load(Ordering::Acquire);
+        let ticket = self.entries.ticket();
         let loaded = self.inner.credentials(jid).await?;
         if let Some(c) = &loaded {
-            let mut entries = self.entries.lock().unwrap();
-            if self.writes.load(Ordering::Acquire) == before {
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
-                }
-                entries.insert(jid.to_string(), Arc::new(c.clone()));
-            }
+            self.entries.insert(ticket, jid, Arc::new(c.clone()));
         }
         Ok(loaded)
     }
@@ -81,7 +66,7 @@ impl AccountStore for CachedAccounts {
     }
 
     async fn account_exists(&self, jid: &str) -> Result<bool> {
-        if self.entries.lock().unwrap().contains_key(jid) {
+        if self.entries.contains(jid) {
             return Ok(true);
         }
         self.inner.account_exists(jid).await
@@ -100,8 +85,6 @@ impl AccountStore for CachedAccounts {
     }
 
     fn forget_all(&self) {
-        let mut entries = self.entries.lock().unwrap();
-        self.writes.fetch_add(1, Ordering::AcqRel);
-        entries.clear();
+        self.entries.clear();
     }
 }

@@ -3,6 +3,7 @@
 
 mod account_cache;
 pub mod group_commit;
+mod guarded_map;
 mod last_writer;
 pub mod migrate;
 mod offline_hint;

@@ -7,36 +7,27 @@
 //! this process stores offline messages; a cluster (roadmap) must share the
 //! hint or drop it.
 
+use super::guarded_map::GuardedMap;
 use super::{OfflineStore, Result};
 use async_trait::async_trait;
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// Accounts remembered at most; beyond it the set starts over.
-const MAX_ENTRIES: usize = 100_000;
+use std::sync::Arc;
 
 pub struct HintedOffline {
     inner: Arc<dyn OfflineStore>,
-    empty: Mutex<HashSet<String>>,
-    stores: AtomicU64,
+    /// Accounts known to have nothing stored; every store is a write.
+    empty: GuardedMap<()>,
 }
 
 impl HintedOffline {
     pub fn new(inner: Arc<dyn OfflineStore>) -> Self {
         HintedOffline {
             inner,
-            empty: Mutex::new(HashSet::new()),
-            stores: AtomicU64::new(0),
+            empty: GuardedMap::default(),
         }
     }
-}
 
-impl HintedOffline {
     fn unmark(&self, owner: &str) {
-        let mut empty = self.empty.lock().unwrap();
-        self.stores.fetch_add(1, Ordering::AcqRel);
-        empty.remove(owner);
+        self.empty.invalidate(owner);
     }
 }
 
@@ -57,19 +48,13 @@ impl OfflineStore for HintedOffline {
         after: i64,
         limit: i64,
     ) -> Result<Vec<(i64, String)>> {
-        if after == 0 && self.empty.lock().unwrap().contains(owner) {
+        if after == 0 && self.empty.contains(owner) {
             return Ok(Vec::new());
         }
-        let before = self.stores.load(Ordering::Acquire);
+        let ticket = self.empty.ticket();
         let found = self.inner.offline_messages(owner, after, limit).await?;
         if after == 0 && found.is_empty() {
-            let mut empty = self.empty.lock().unwrap();
-            if self.stores.load(Ordering::Acquire) == before {
-                if empty.len() >= MAX_ENTRIES {
-                    empty.clear();
-                }
-                empty.insert(owner.to_string());
-            }
+            self.empty.insert(ticket, owner, ());
         }
         Ok(found)
     }
@@ -83,6 +68,6 @@ impl OfflineStore for HintedOffline {
     }
 
     fn forget_all(&self) {
-        self.empty.lock().unwrap().clear();
+        self.empty.clear();
     }
 }

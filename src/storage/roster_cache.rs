@@ -9,55 +9,39 @@
 //! `super::watch_external_changes`. A cluster (roadmap) must add cross-node
 //! invalidation here.
 
+use super::guarded_map::GuardedMap;
 use super::{Result, RosterItem, RosterStore};
 use async_trait::async_trait;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// Accounts cached at most; beyond it the cache starts over.
-const MAX_ENTRIES: usize = 100_000;
+use std::sync::Arc;
 
 /// A roster as the database returned it: (version, items).
 type Roster = Arc<(i64, Vec<RosterItem>)>;
 
 pub struct CachedRoster {
     inner: Arc<dyn RosterStore>,
-    entries: Mutex<HashMap<String, Roster>>,
-    /// Bumped by every write: a read that overlapped a write is not cached
-    /// (it may have seen the rows before the write).
-    writes: AtomicU64,
+    entries: GuardedMap<Roster>,
 }
 
 impl CachedRoster {
     pub fn new(inner: Arc<dyn RosterStore>) -> Self {
         CachedRoster {
             inner,
-            entries: Mutex::new(HashMap::new()),
-            writes: AtomicU64::new(0),
+            entries: GuardedMap::default(),
         }
     }
 
     async fn load(&self, owner: &str) -> Result<Roster> {
-        if let Some(e) = self.entries.lock().unwrap().get(owner) {
-            return Ok(e.clone());
+        if let Some(e) = self.entries.get(owner) {
+            return Ok(e);
         }
-        let before = self.writes.load(Ordering::Acquire);
+        let ticket = self.entries.ticket();
         let loaded = Arc::new(self.inner.roster(owner).await?);
-        let mut entries = self.entries.lock().unwrap();
-        if self.writes.load(Ordering::Acquire) == before {
-            if entries.len() >= MAX_ENTRIES {
-                entries.clear();
-            }
-            entries.insert(owner.to_string(), loaded.clone());
-        }
+        self.entries.insert(ticket, owner, loaded.clone());
         Ok(loaded)
     }
 
     fn invalidate(&self, owner: &str) {
-        let mut entries = self.entries.lock().unwrap();
-        self.writes.fetch_add(1, Ordering::AcqRel);
-        entries.remove(owner);
+        self.entries.invalidate(owner);
     }
 }
 
@@ -94,8 +78,6 @@ impl RosterStore for CachedRoster {
     }
 
     fn forget_all(&self) {
-        let mut entries = self.entries.lock().unwrap();
-        self.writes.fetch_add(1, Ordering::AcqRel);
-        entries.clear();
+        self.entries.clear();
     }
 }
