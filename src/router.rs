@@ -7,6 +7,7 @@
 //! cut off rather than allowed to grow server memory.
 
 use crate::outbox::{Outbox, PushError};
+use crate::util::Bare;
 use bytes::Bytes;
 use jid::{BareJid, FullJid};
 use minidom::Element;
@@ -267,7 +268,7 @@ impl Registry {
 
     /// Register a bound session. Returns the session it replaces (same full JID).
     pub fn bind(&self, handle: SessionHandle) -> Option<SessionHandle> {
-        let bare = handle.jid.to_bare();
+        let bare = handle.jid.bare();
         let mut shard = self.shard(&bare).lock().unwrap();
         // Most accounts have one session: no room for four.
         let list = shard.entry(bare).or_insert_with(|| Vec::with_capacity(1));
@@ -284,7 +285,7 @@ impl Registry {
 
     /// Remove a session, if it is still the one registered under its JID.
     pub fn unbind(&self, jid: &FullJid, id: u64) -> bool {
-        let bare = jid.to_bare();
+        let bare = jid.bare();
         let mut shard = self.shard(&bare).lock().unwrap();
         let Some(list) = shard.get_mut(&bare) else {
             return false;
@@ -310,7 +311,7 @@ impl Registry {
     }
 
     pub fn session(&self, full: &FullJid) -> Option<SessionHandle> {
-        let bare = full.to_bare();
+        let bare = full.bare();
         self.shard(&bare)
             .lock()
             .unwrap()

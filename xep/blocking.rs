@@ -7,6 +7,7 @@ use super::{IqRequest, Module, Target};
 use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
+use crate::util::Bare;
 use crate::xml::{BuilderExt, el, ns};
 use async_trait::async_trait;
 use jid::{BareJid, Jid};
@@ -55,7 +56,7 @@ impl BlockCache {
 
 /// Whether `item` (a bare, full or domain JID from a blocklist) covers `jid`.
 fn covers(item: &str, jid: &Jid) -> bool {
-    item == jid.as_str() || item == jid.to_bare().as_str() || item == jid.domain().as_str()
+    item == jid.as_str() || item == jid.bare().as_str() || item == jid.domain().as_str()
 }
 
 /// Does the account `owner` block `other`?
@@ -70,7 +71,7 @@ pub async fn blocks(server: &Server, owner: &BareJid, other: &Jid) -> bool {
 /// Either side blocks the other (`a` is an account; `b` may be remote).
 pub async fn between(server: &Server, a: &BareJid, b: &Jid) -> bool {
     blocks(server, a, b).await
-        || (b.node().is_some() && blocks(server, &b.to_bare(), &Jid::from(a.clone())).await)
+        || (b.node().is_some() && blocks(server, &b.bare(), &Jid::from(a.clone())).await)
 }
 
 /// The error for a stanza the user sends to someone they block.
@@ -112,7 +113,7 @@ fn push(server: &Server, owner: &BareJid, kind: &str, jids: &[Jid]) {
 async fn presence_after(server: &Server, owner: &BareJid, jids: &[Jid], blocked: bool) {
     use crate::im::subscription::{send_current_presence, send_unavailable};
     for j in jids {
-        let contact = j.to_bare();
+        let contact = j.bare();
         if j.node().is_none() || !server.config.serves(contact.domain().as_str()) {
             continue;
         }

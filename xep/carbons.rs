@@ -6,6 +6,7 @@ use super::{IqRequest, Module, Target};
 use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
+use crate::util::Bare;
 use crate::xml::{BuilderExt, el, ns};
 use async_trait::async_trait;
 use jid::BareJid;
@@ -90,7 +91,7 @@ pub fn copy_sent(server: &Server, sender: &jid::FullJid, msg: &Element) {
     if !server.modules.enabled("carbons") {
         return;
     }
-    let owner = sender.to_bare();
+    let owner = sender.bare();
     let mut targets = server
         .registry
         .sessions(&owner)

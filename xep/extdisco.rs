@@ -7,6 +7,7 @@ use super::{IqRequest, Module, Target};
 use crate::config::ExternalService;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
+use crate::util::Bare;
 use crate::util::xmpp_datetime;
 use crate::xml::{BuilderExt, el};
 use async_trait::async_trait;
@@ -74,7 +75,7 @@ impl Module for ExtDisco {
             return error_reply(req.iq, "bad-request", None);
         }
         let want = req.payload.attr("type");
-        let user = req.from.to_bare().to_string();
+        let user = req.from.bare().to_string();
         let mut q = el("services", NS);
         for s in server
             .config

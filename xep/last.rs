@@ -6,6 +6,7 @@ use super::{IqRequest, Module, Target};
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
 use crate::storage::now_unix;
+use crate::util::Bare;
 use crate::xml::{BuilderExt, el};
 use async_trait::async_trait;
 use jid::BareJid;
@@ -57,7 +58,7 @@ impl Module for Last {
             }
             Target::Account { jid, own } => (jid, *own),
         };
-        let requester = req.from.to_bare();
+        let requester = req.from.bare();
         let allowed = own
             || server
                 .storage

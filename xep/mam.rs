@@ -8,6 +8,7 @@ use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
 use crate::storage::{ArchivePrefs, ArchiveQuery, NewArchived};
+use crate::util::Bare;
 use crate::util::{now_micros, parse_datetime, xmpp_datetime_micros};
 use crate::xml::{BuilderExt, el, ns};
 use async_trait::async_trait;
@@ -146,7 +147,7 @@ pub async fn archive_rows(
     to: &Jid,
     msg: &mut Element,
 ) -> (Vec<NewArchived>, Option<Bytes>) {
-    let to_bare = to.to_bare();
+    let to_bare = to.bare();
     // Nobody may forge our stanza ids (XEP-0359 §5).
     strip_stanza_ids(msg, to_bare.as_str());
     if !server.modules.enabled("mam") || !archivable(msg) {
@@ -318,7 +319,7 @@ async fn query(
                     }
                 }
                 "with" => match Jid::new(&one) {
-                    Ok(j) => query.with = Some(j.to_bare().to_string()),
+                    Ok(j) => query.with = Some(j.bare().to_string()),
                     Err(_) => return error_reply(iq, "jid-malformed", None),
                 },
                 "start" => query.start = Some(parse_datetime(&one)?),

@@ -7,6 +7,7 @@ use super::{IqRequest, Module, Target};
 use crate::router::SessionHandle;
 use crate::server::Server;
 use crate::storage::now_unix;
+use crate::util::Bare;
 use crate::util::xmpp_datetime;
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use async_trait::async_trait;
@@ -100,7 +101,7 @@ const PAGE: i64 = 2048;
 /// session writes (the session's own task cannot wait for its queue to
 /// drain). Stored messages are deleted only once all of them are queued.
 pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
-    let owner = h.jid.to_bare();
+    let owner = h.jid.bare();
     let Some(first) = page(server, &owner, 0, FIRST_PAGE).await else {
         return;
     };

@@ -11,6 +11,7 @@ use crate::router::{SessionHandle, to_bytes};
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
 use crate::storage::{PepItem, PepNode, RosterItem};
+use crate::util::Bare;
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use async_trait::async_trait;
 use jid::{BareJid, Jid};
@@ -242,7 +243,7 @@ pub async fn send_last_items(server: &Server, h: &SessionHandle) {
     if !server.modules.enabled("pep") {
         return;
     }
-    let me = h.jid.to_bare();
+    let me = h.jid.bare();
     let mut owners = vec![me.clone()];
     if let Ok((_, roster)) = server.storage.roster.roster(me.as_str()).await {
         owners.extend(
@@ -376,7 +377,7 @@ impl Pep {
         };
         let node_name = node.node.clone();
         let node_name = node_name.as_str();
-        let requester = req.from.to_bare();
+        let requester = req.from.bare();
         if !may_read(server, owner, &node, &requester).await {
             // XEP-0060 §6.5.9.6-8: subscription and roster models are
             // not-authorized (auth); a whitelist is not-allowed (cancel).

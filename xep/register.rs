@@ -7,6 +7,7 @@ use crate::router::Kill;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
 use crate::storage::AccountCredentials;
+use crate::util::Bare;
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use async_trait::async_trait;
 use jid::BareJid;
@@ -102,7 +103,7 @@ impl Module for Register {
     }
     async fn handle_iq(&self, server: &Arc<Server>, req: &IqRequest<'_>) -> Option<Element> {
         // A logged-in user manages their own account, addressed to the server or to itself.
-        let own = req.from.to_bare();
+        let own = req.from.bare();
         match req.target {
             Target::Server(d) if d == own.domain().as_str() => {}
             Target::Account { own: true, .. } => {}

@@ -8,6 +8,7 @@
 //! routed again (to another resource or offline storage), not lost.
 
 use crate::c2s::conn::XmlConn;
+use crate::util::Bare;
 use bytes::Bytes;
 use jid::FullJid;
 use std::collections::{HashMap, VecDeque};
@@ -61,7 +62,7 @@ impl Resumptions {
         let slot = {
             let slots = self.slots.lock().unwrap();
             match slots.get(id) {
-                Some(s) if &s.jid.to_bare() == owner => (s.jid.clone(), s.tx.clone()),
+                Some(s) if &s.jid.bare() == owner => (s.jid.clone(), s.tx.clone()),
                 _ => return Err(Box::new(resume)),
             }
         };

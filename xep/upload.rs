@@ -9,6 +9,7 @@
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
 use crate::storage::{UploadSlot, now_unix};
+use crate::util::Bare;
 use crate::xml::{BuilderExt, el, ns};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -163,7 +164,7 @@ impl UploadService {
             }
             return Some(r);
         }
-        let owner = from.to_bare();
+        let owner = from.bare();
         let used = server
             .storage
             .uploads

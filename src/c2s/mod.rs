@@ -11,6 +11,7 @@ use crate::config::TlsMode;
 use crate::net::Transport;
 use crate::router::{Kill, SessionHandle};
 use crate::sasl::{self, HashAlg, SaslFailure, ScramServer};
+use crate::util::Bare;
 
 /// XEP-0440 channel-binding types we announce (TLS 1.3 streams only).
 const CB_TYPES: &[&str] = &["tls-exporter"];
@@ -792,7 +793,7 @@ impl Negotiation {
     /// Register a session for `full`, replacing one with the same resource;
     /// `None` when the account has too many resources already.
     fn bind_session(&self, full: &FullJid) -> Option<(SessionHandle, crate::router::QueueReader)> {
-        let existing = self.server.registry.sessions(&full.to_bare());
+        let existing = self.server.registry.sessions(&full.bare());
         if existing.len() >= MAX_RESOURCES_PER_ACCOUNT && !existing.iter().any(|h| &h.jid == full) {
             return None;
         }

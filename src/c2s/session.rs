@@ -9,6 +9,7 @@ use crate::im::{self, presence::PresenceState};
 use crate::router::{Kill, SessionHandle};
 use crate::server::Server;
 use crate::stanza::{error_reply, is_stanza};
+use crate::util::Bare;
 use crate::xep::blocking;
 use crate::xep::csi::{self, Csi};
 use crate::xep::sm::{self, AckError, Resume, SmState};
@@ -96,7 +97,7 @@ pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
     } = bound;
     let mut s = Session {
         jid: handle.jid.clone(),
-        bare: handle.jid.to_bare(),
+        bare: handle.jid.bare(),
         server: server.clone(),
         handle: handle.clone(),
         presence: PresenceState::default(),
@@ -622,7 +623,7 @@ impl Session {
         let server = self.server.clone();
         if let Some(j) = &to
             && j.node().is_some()
-            && j.to_bare() != self.bare
+            && j.bare() != self.bare
         {
             if blocking::blocks(&server, &self.bare, j).await {
                 if let Some(mut r) = blocking::blocked_reply(&iq) {
@@ -631,7 +632,7 @@ impl Session {
                 }
                 return;
             }
-            if blocking::blocks(&server, &j.to_bare(), &Jid::from(self.jid.clone())).await {
+            if blocking::blocks(&server, &j.bare(), &Jid::from(self.jid.clone())).await {
                 if request {
                     self.reply_error(&iq, "service-unavailable", None);
                 }

@@ -4,6 +4,7 @@
 use crate::im::bounce;
 use crate::router::to_bytes;
 use crate::server::Server;
+use crate::util::Bare;
 use crate::xep::{blocking, carbons, mam, offline};
 use bytes::Bytes;
 use jid::{BareJid, FullJid, Jid};
@@ -18,7 +19,7 @@ pub async fn from_session(server: &Server, sender: &FullJid, msg: Element, to: J
 /// rows share one commit, so a client that sends several at once waits for
 /// storage once, not once per message.
 pub async fn from_session_many(server: &Server, sender: &FullJid, msgs: Vec<(Element, Jid)>) {
-    let sender_bare = sender.to_bare();
+    let sender_bare = sender.bare();
     let mut ready = Vec::with_capacity(msgs.len());
     let mut rows = Vec::new();
     for (mut msg, to) in msgs {
@@ -86,7 +87,7 @@ async fn route_serialized(server: &Server, msg: Element, to: Jid, wire: Option<B
         }
         return;
     }
-    let bare = to.to_bare();
+    let bare = to.bare();
     if server.modules.enabled("blocking")
         && let Some(from) = msg.attr("from").and_then(|f| Jid::new(f).ok())
         && blocking::blocks(server, &bare, &from).await

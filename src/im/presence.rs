@@ -5,6 +5,7 @@ use crate::im::{subscription, to_available, to_jid};
 use crate::router::{Available, SessionHandle};
 use crate::server::Server;
 use crate::storage::Result;
+use crate::util::Bare;
 use crate::xep::blocking;
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use jid::{BareJid, Jid};
@@ -35,7 +36,7 @@ pub async fn outbound(
     to: Option<Jid>,
 ) -> Result<()> {
     let kind = p.attr("type").unwrap_or("available").to_string();
-    let user = h.jid.to_bare();
+    let user = h.jid.bare();
     if kind == "available" {
         // XEP-0153 avatar hash, for broadcast and directed presence (MUC joins) alike.
         crate::xep::vcard::stamp_presence(server, &user, &mut p).await;
@@ -44,7 +45,7 @@ pub async fn outbound(
         (None, "available") => broadcast_available(server, h, p).await,
         (None, "unavailable") => broadcast_unavailable(server, h, st, Some(p)).await,
         (Some(to), "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed") => {
-            let contact = to.to_bare();
+            let contact = to.bare();
             if contact == user || blocking::between(server, &user, &to).await {
                 return Ok(());
             }
@@ -68,7 +69,7 @@ async fn broadcast_available(
     h: &SessionHandle,
     mut p: Element,
 ) -> Result<()> {
-    let user = h.jid.to_bare();
+    let user = h.jid.bare();
     p.unset("to");
     let initial = h.shared.available().is_none();
     let old_caps = h.shared.caps.lock().unwrap().clone();
@@ -136,14 +137,14 @@ async fn probe(server: &Server, h: &SessionHandle, contact: &BareJid) -> Result<
             // RFC 6121 §4.3: the contact's server answers with its presence.
             let p = el("presence", ns::CLIENT)
                 .a("type", "probe")
-                .a("from", h.jid.to_bare().as_str())
+                .a("from", h.jid.bare().as_str())
                 .a("to", contact.as_str())
                 .build();
             crate::s2s::send(server, p);
         }
         return Ok(());
     }
-    let user = h.jid.to_bare();
+    let user = h.jid.bare();
     let allowed = server
         .storage
         .roster
@@ -166,7 +167,7 @@ pub async fn broadcast_unavailable(
     st: &mut PresenceState,
     p: Option<Element>,
 ) -> Result<()> {
-    let user = h.jid.to_bare();
+    let user = h.jid.bare();
     let previous = h.shared.available();
     let was_available = previous.is_some();
     h.shared.set_available(None);
@@ -196,7 +197,7 @@ pub async fn broadcast_unavailable(
     let (_, roster) = server.storage.roster.roster(user.as_str()).await?;
     for item in roster.iter().filter(|i| i.subscription.has_from()) {
         if let Ok(contact) = BareJid::new(&item.contact) {
-            if directed.iter().any(|d| d.to_bare() == contact)
+            if directed.iter().any(|d| d.bare() == contact)
                 || blocking::between(server, &user, &Jid::from(contact.clone())).await
             {
                 continue;

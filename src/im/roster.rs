@@ -4,6 +4,7 @@ use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
 use crate::storage::RosterItem;
+use crate::util::Bare;
 use crate::xml::{BuilderExt, el, ns};
 use jid::{BareJid, FullJid};
 use minidom::Element;
@@ -57,7 +58,7 @@ pub async fn handle_iq(
     iq: &Element,
     query: &Element,
 ) -> Element {
-    let owner = session.to_bare();
+    let owner = session.bare();
     let result = match iq.attr("type") {
         Some("get") => get(server, session, &owner, iq, query).await,
         Some("set") => set(server, &owner, iq, query).await,

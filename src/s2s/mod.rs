@@ -19,6 +19,7 @@ mod resolve;
 pub use incoming::serve;
 
 use crate::server::Server;
+use crate::util::Bare;
 use crate::xml::ElementExt;
 use jid::{BareJid, Jid};
 use minidom::Element;
@@ -199,7 +200,7 @@ async fn inbound(server: &Arc<Server>, stanza: Element) {
         "message" => {
             let mut msg = stanza;
             // Durable before delivered, as for local senders (XEP-0313).
-            if crate::xep::mam::archive_message(server, &from.to_bare(), &to, &mut msg).await {
+            if crate::xep::mam::archive_message(server, &from.bare(), &to, &mut msg).await {
                 crate::im::message::route(server, msg, to).await;
             } else {
                 let text = Some("could not store the message");
@@ -225,7 +226,7 @@ async fn inbound_presence(
     to: &Jid,
 ) -> crate::storage::Result<()> {
     use crate::im::subscription as sub;
-    let (fb, tb): (BareJid, BareJid) = (from.to_bare(), to.to_bare());
+    let (fb, tb): (BareJid, BareJid) = (from.bare(), to.bare());
     match stanza.attr("type") {
         Some("subscribe") => sub::inbound_subscribe(server, &fb, &tb, stanza).await,
         Some("subscribed") => sub::inbound_subscribed(server, &fb, &tb, stanza).await,
@@ -272,7 +273,7 @@ async fn inbound_iq(server: &Arc<Server>, iq: Element, from: &Jid, to: &Jid) {
     let target = match to.node() {
         None => crate::xep::Target::Server(domain.to_string()),
         Some(_) => crate::xep::Target::Account {
-            jid: to.to_bare(),
+            jid: to.bare(),
             own: false,
         },
     };

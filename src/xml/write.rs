@@ -61,14 +61,45 @@ fn write(e: &Element, parent_ns: &str, out: &mut Vec<u8>) {
     out.push(b'>');
 }
 
+/// Bytes that `escape` must look at, for text and for attribute values.
+const fn specials(attribute: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = !matches!(b as u8, b'\t' | b'\n') || attribute;
+        b += 1;
+    }
+    t[b'&' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[0xef] = true; // may start U+FFFE or U+FFFF
+    if attribute {
+        t[b'\'' as usize] = true;
+        t[b'"' as usize] = true;
+    }
+    t
+}
+static TEXT_SPECIALS: [bool; 256] = specials(false);
+static ATTRIBUTE_SPECIALS: [bool; 256] = specials(true);
+
 /// Escape for character data or a `'`-quoted attribute value. Line breaks
 /// and tabs in attributes are written as references so that attribute-value
-/// normalization gives them back unchanged.
+/// normalization gives them back unchanged. Runs of ordinary bytes are found
+/// with a table and copied whole.
 fn escape(s: &str, attribute: bool, out: &mut Vec<u8>) {
+    let special = if attribute {
+        &ATTRIBUTE_SPECIALS
+    } else {
+        &TEXT_SPECIALS
+    };
     let bytes = s.as_bytes();
     let mut from = 0;
     let mut i = 0;
     while i < bytes.len() {
+        if !special[bytes[i] as usize] {
+            i += 1;
+            continue;
+        }
         let (rep, len): (&[u8], usize) = match bytes[i] {
             b'&' => (b"&amp;", 1),
             b'<' => (b"&lt;", 1),

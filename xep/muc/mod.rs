@@ -10,6 +10,7 @@ mod room;
 use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
+use crate::util::Bare;
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
@@ -142,7 +143,7 @@ impl MucService {
         ) else {
             return;
         };
-        let Some(room) = to.node().and_then(|_| self.room(&to.to_bare())) else {
+        let Some(room) = to.node().and_then(|_| self.room(&to.bare())) else {
             return self.handle(server, msg);
         };
         let send_lock = room.lock().unwrap().send_lock.clone();
@@ -255,7 +256,7 @@ impl MucService {
         if to.node().is_none() {
             return self.service_stanza(server, &stanza, &to);
         }
-        let room_jid = to.to_bare();
+        let room_jid = to.bare();
         match stanza.name() {
             "presence" => self.presence(
                 server,
@@ -312,7 +313,7 @@ impl MucService {
                     return reply(server, &p, "resource-constraint", Some("too many rooms"));
                 }
                 // Creation is rare: counting the creator's rooms by scanning is cheap enough.
-                let creator = from.to_bare();
+                let creator = from.bare();
                 let owned = rooms
                     .values()
                     .filter(|r| r.lock().unwrap().is_owner(&creator))
@@ -324,7 +325,7 @@ impl MucService {
                 let created = rooms.entry(room_jid.clone()).or_insert_with(|| {
                     Arc::new(Mutex::new(Room::new(
                         room_jid.clone(),
-                        from.to_bare(),
+                        from.bare(),
                         &server.config.modules.muc,
                     )))
                 });

@@ -9,6 +9,7 @@ use crate::router::to_bytes;
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
 use crate::storage::{NewArchived, StoredRoom};
+use crate::util::Bare;
 use crate::util::{now_micros, parse_datetime, xmpp_datetime_micros};
 use crate::xml::{BuilderExt, ElementExt, el, ns};
 use bytes::Bytes;
@@ -209,7 +210,7 @@ impl Room {
 
     /// May `who` read the room archive? Occupants, and anyone who could join.
     pub fn may_read_archive(&self, who: &FullJid) -> bool {
-        let aff = self.affiliation(&who.to_bare());
+        let aff = self.affiliation(&who.bare());
         self.by_session(who).is_some()
             || (aff != Affiliation::Outcast
                 && (!self.config.members_only || aff >= Affiliation::Member))
@@ -472,7 +473,7 @@ impl Room {
     }
 
     fn join(&mut self, server: &Server, p: Element, stored: Element, from: &FullJid, nick: String) {
-        let bare = from.to_bare();
+        let bare = from.bare();
         let aff = self.affiliation(&bare);
         if aff == Affiliation::Outcast {
             return reply(
@@ -834,7 +835,7 @@ impl Room {
                 reply(server, m, "jid-malformed", None);
                 return true;
             };
-            let aff = self.affiliation(&from.to_bare());
+            let aff = self.affiliation(&from.bare());
             let in_room = self.by_session(from).is_some();
             if !in_room || (!self.config.allow_invites && aff < Affiliation::Admin) {
                 reply(
@@ -849,7 +850,7 @@ impl Room {
                 self.affiliations.insert(to.clone(), Affiliation::Member);
                 self.dirty = true;
             }
-            let mut invite = el("invite", NS_USER).a("from", from.to_bare().as_str());
+            let mut invite = el("invite", NS_USER).a("from", from.bare().as_str());
             if let Some(r) = inv.get_child("reason", NS_USER) {
                 invite = invite.c(r.clone());
             }
@@ -869,7 +870,7 @@ impl Room {
             let Some(to) = dec.attr("to").and_then(|t| Jid::new(t).ok()) else {
                 return true;
             };
-            let mut d = el("decline", NS_USER).a("from", from.to_bare().as_str());
+            let mut d = el("decline", NS_USER).a("from", from.bare().as_str());
             if let Some(r) = dec.get_child("reason", NS_USER) {
                 d = d.c(r.clone());
             }
@@ -915,7 +916,7 @@ impl Room {
             return false;
         }
         let kind = iq.attr("type").unwrap_or("");
-        let aff = self.affiliation(&from.to_bare());
+        let aff = self.affiliation(&from.bare());
         match (payload.name(), payload.ns().as_str(), kind) {
             ("query", ns::DISCO_INFO, "get") => {
                 respond(Some(iq_result(iq, Some(self.disco_info()))))
@@ -1208,7 +1209,7 @@ impl Room {
         let item = q.get_child("item", NS_ADMIN)?;
         let mut out = el("query", NS_ADMIN);
         if let Some(a) = item.attr("affiliation").and_then(Affiliation::parse) {
-            if self.affiliation(&from.to_bare()) < Affiliation::Admin
+            if self.affiliation(&from.bare()) < Affiliation::Admin
                 && !(a == Affiliation::Member && self.by_session(from).is_some())
             {
                 return error_reply(iq, "forbidden", None);
@@ -1243,7 +1244,7 @@ impl Room {
         q: &Element,
         from: &FullJid,
     ) -> Option<Element> {
-        let actor_aff = self.affiliation(&from.to_bare());
+        let actor_aff = self.affiliation(&from.bare());
         let actor_is_mod = self.is_moderator_session(from);
         for item in q.children().filter(|c| c.is("item", NS_ADMIN)) {
             let reason = item.get_child("reason", NS_ADMIN).map(|r| r.text());
@@ -1271,7 +1272,7 @@ impl Room {
                 let Some(target) = item
                     .attr("jid")
                     .and_then(|j| Jid::new(j).ok())
-                    .map(|j| j.to_bare())
+                    .map(|j| j.bare())
                 else {
                     return error_reply(
                         iq,
