@@ -310,6 +310,15 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// Whether any session of `bare` satisfies `pred`, without copying handles.
+    pub fn any_session(&self, bare: &BareJid, pred: impl Fn(&SessionHandle) -> bool) -> bool {
+        self.shard(bare)
+            .lock()
+            .unwrap()
+            .get(bare)
+            .is_some_and(|list| list.iter().any(pred))
+    }
+
     pub fn session(&self, full: &FullJid) -> Option<SessionHandle> {
         let bare = full.bare();
         self.shard(&bare)

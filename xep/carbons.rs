@@ -3,10 +3,9 @@
 //! `<sent/>` or `<received/>` with a XEP-0297 `<forwarded/>`.
 
 use super::{IqRequest, Module, Target};
-use crate::router::to_bytes;
+use crate::router::{SessionHandle, to_bytes};
 use crate::server::Server;
 use crate::stanza::{error_reply, iq_result};
-use crate::util::Bare;
 use crate::xml::{BuilderExt, el, ns};
 use async_trait::async_trait;
 use jid::BareJid;
@@ -87,29 +86,38 @@ fn wrap(kind: &str, owner: &BareJid, to: &str, msg: &Element) -> Element {
 }
 
 /// Copy a message a user sent to their other opted-in resources.
-pub fn copy_sent(server: &Server, sender: &jid::FullJid, msg: &Element) {
+/// `owner`: the sender's bare JID.
+pub fn copy_sent(server: &Server, sender: &jid::FullJid, owner: &BareJid, msg: &Element) {
     if !server.modules.enabled("carbons") {
         return;
     }
-    let owner = sender.bare();
+    let wants = |h: &SessionHandle| &h.jid != sender && h.shared.carbons.load(Ordering::Relaxed);
+    // Most users have no other opted-in resource: answered without copying handles.
+    if !server.registry.any_session(owner, wants) {
+        return;
+    }
     let mut targets = server
         .registry
-        .sessions(&owner)
+        .sessions(owner)
         .into_iter()
-        .filter(|h| &h.jid != sender && h.shared.carbons.load(Ordering::Relaxed))
+        .filter(|h| wants(h))
         .peekable();
-    // Most senders have no other opted-in resource: then the message is not examined.
     if targets.peek().is_none() || !eligible(msg) {
         return;
     }
     for h in targets {
-        h.send(to_bytes(&wrap("sent", &owner, h.jid.as_str(), msg)));
+        h.send(to_bytes(&wrap("sent", owner, h.jid.as_str(), msg)));
     }
 }
 
 /// Copy a message a user received to their opted-in resources that did not get it.
 pub fn copy_received(server: &Server, owner: &BareJid, delivered: &[u64], msg: &Element) {
     if !server.modules.enabled("carbons") {
+        return;
+    }
+    let opted_in =
+        |h: &SessionHandle| h.shared.carbons.load(Ordering::Relaxed) && !delivered.contains(&h.id);
+    if !server.registry.any_session(owner, opted_in) {
         return;
     }
     let mut targets = server

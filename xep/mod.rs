@@ -72,6 +72,9 @@ pub trait Module: Send + Sync {
 
 pub struct Modules {
     list: Vec<Arc<dyn Module>>,
+    /// The names in `list`, for `enabled` (asked several times per routed
+    /// message: no dynamic call per module).
+    names: Vec<&'static str>,
     by_ns: HashMap<&'static str, Arc<dyn Module>>,
     /// XEP-0153 avatar hashes, read by presence broadcast (state of the vcard module).
     pub avatars: vcard::AvatarCache,
@@ -112,6 +115,7 @@ impl Modules {
             }
         }
         Modules {
+            names: list.iter().map(|m| m.name()).collect(),
             list,
             by_ns,
             avatars: Default::default(),
@@ -136,6 +140,6 @@ impl Modules {
     }
 
     pub fn enabled(&self, name: &str) -> bool {
-        self.list.iter().any(|m| m.name() == name)
+        self.names.contains(&name)
     }
 }

@@ -46,7 +46,7 @@ pub async fn from_session_many(server: &Server, sender: &FullJid, msgs: Vec<(Ele
         return;
     }
     for (msg, to, wire) in ready {
-        carbons::copy_sent(server, sender, &msg);
+        carbons::copy_sent(server, sender, &sender_bare, &msg);
         route_serialized(server, msg, to, wire).await;
     }
 }
