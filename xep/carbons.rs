@@ -124,9 +124,7 @@ pub fn copy_received(server: &Server, owner: &BareJid, delivered: &[u64], msg: &
         .registry
         .available_priorities(owner)
         .into_iter()
-        .filter(|(h, priority)| {
-            *priority >= 0 && !delivered.contains(&h.id) && h.shared.carbons.load(Ordering::Relaxed)
-        })
+        .filter(|(h, priority)| *priority >= 0 && opted_in(h))
         .peekable();
     if targets.peek().is_none() || !eligible(msg) {
         return;

@@ -37,7 +37,7 @@ pub async fn issue(
 ) -> anyhow::Result<Element> {
     let now = now_unix();
     let token = FastToken {
-        token: base64::engine::general_purpose::STANDARD.encode(crate::sasl::random_bytes(32)),
+        token: base64::engine::general_purpose::STANDARD.encode(crate::random::bytes(32)),
         mechanism: mechanism.to_string(),
         created_at: now,
         expires_at: now + server.config.modules.fast.token_lifetime as i64,

@@ -116,7 +116,7 @@ async fn wants(server: &Server, owner: &BareJid, with: &BareJid) -> bool {
 fn new_stanza_id() -> String {
     use base64::Engine;
     let ms = (now_micros() / 1000) as u64 & 0xffff_ffff_ffff;
-    let random = crate::sasl::random_bytes(9);
+    let random = crate::random::bytes(9);
     format!(
         "{ms:012x}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)

@@ -49,7 +49,7 @@ impl UploadService {
             secret = match std::fs::read(&key_file) {
                 Ok(k) if k.len() == 32 => k,
                 _ => {
-                    let k = crate::sasl::random_bytes(32);
+                    let k = crate::random::bytes(32);
                     std::fs::write(&key_file, &k)?;
                     k
                 }
@@ -180,7 +180,7 @@ impl UploadService {
             .unwrap_or("application/octet-stream")
             .to_ascii_lowercase();
         let slot = UploadSlot {
-            id: B64URL.encode(crate::sasl::random_bytes(18)),
+            id: B64URL.encode(crate::random::bytes(18)),
             owner: owner.to_string(),
             filename: filename.clone(),
             size,

@@ -33,7 +33,7 @@ const MAX_RESOURCES_PER_ACCOUNT: usize = 64;
 
 /// A random stream or stanza id.
 pub fn new_id() -> String {
-    let b = sasl::random_bytes(9);
+    let b = crate::random::bytes(9);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 

@@ -62,7 +62,7 @@ pub struct S2s {
 impl Default for S2s {
     fn default() -> Self {
         let mut secret = [0u8; 32];
-        secret.copy_from_slice(&crate::sasl::random_bytes(32));
+        secret.copy_from_slice(&crate::random::bytes(32));
         S2s {
             secret,
             links: Mutex::new(HashMap::new()),

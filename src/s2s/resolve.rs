@@ -131,7 +131,7 @@ pub fn order(mut records: Vec<Srv>) -> Vec<Srv> {
 }
 
 fn random_below(n: u32) -> u32 {
-    let b = crate::sasl::random_bytes(4);
+    let b = crate::random::bytes(4);
     u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % n.max(1)
 }
 

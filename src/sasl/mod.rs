@@ -57,8 +57,3 @@ pub fn parse_plain(msg: &[u8]) -> Result<(String, String, String), SaslFailure> 
     }
     Ok((authz, user, pass))
 }
-
-/// Random bytes from the OS (through the per-thread pool, src/random.rs).
-pub fn random_bytes(n: usize) -> Vec<u8> {
-    crate::random::bytes(n)
-}

@@ -1,6 +1,7 @@
 //! SCRAM server side (RFC 5802, RFC 7677) with channel binding (RFC 9266).
 
-use super::{SaslFailure, random_bytes};
+use super::SaslFailure;
+use crate::random::bytes as random_bytes;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{KeyInit, Mac};

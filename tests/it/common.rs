@@ -52,7 +52,7 @@ pub struct TestServer {
 pub async fn pg_database() -> String {
     let base = std::env::var("XMPPD_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("xmppd_it_{}", hex(&xmppd::sasl::random_bytes(6)));
+    let name = format!("xmppd_it_{}", hex(&xmppd::random::bytes(6)));
     let admin = sqlx::PgPool::connect(&base).await.unwrap_or_else(|e| {
         panic!("PostgreSQL at {base} is needed for this test (./test.sh starts one): {e}")
     });
