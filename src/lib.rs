@@ -16,6 +16,8 @@ pub mod server;
 pub mod stanza;
 pub mod storage;
 pub mod tls;
+pub mod tls_exporter;
+pub mod tls_stream;
 pub mod util;
 pub mod xml;
 

@@ -1,15 +1,16 @@
 //! A client connection's byte stream: plain TCP before STARTTLS, TLS after.
 
+use crate::tls_stream::ServerTls;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 pub enum Transport {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// Our side of a client or incoming server stream, after the TLS handshake.
+    Tls(Box<ServerTls>),
     /// Our side of an outgoing server-to-server stream, after STARTTLS.
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// XMPP over WebSocket (RFC 7395): one element per text message. `secure`
@@ -52,28 +53,21 @@ impl Transport {
     /// leave with whatever is flushed next. `false` when not a TLS stream (or
     /// the TLS layer refuses them).
     pub fn queue_tls(&mut self, data: &[u8]) -> bool {
-        use std::io::Write;
         match self {
-            Transport::Tls(s) => s.get_mut().1.writer().write_all(data).is_ok(),
+            Transport::Tls(s) => s.queue(data).is_ok(),
             _ => false,
         }
     }
 
     /// Whether [`Self::channel_binding`] has data (without deriving it).
     pub fn can_bind_channel(&self) -> bool {
-        matches!(self, Transport::Tls(t)
-            if t.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+        matches!(self, Transport::Tls(t) if t.can_bind_channel())
     }
 
     /// RFC 9266 tls-exporter channel binding; only defined for TLS 1.3 here.
     pub fn channel_binding(&self) -> Option<Vec<u8>> {
         let Transport::Tls(t) = self else { return None };
-        let conn = t.get_ref().1;
-        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
-            return None;
-        }
-        conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-            .ok()
+        t.channel_binding()
     }
 }
 

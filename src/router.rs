@@ -54,9 +54,12 @@ pub struct Available {
 impl Available {
     pub fn new(priority: i8, stanza: &Element) -> Self {
         debug_assert!(stanza.attr("to").is_none());
+        // Kept for the whole session: no spare capacity.
+        let mut bytes = crate::xml::ElementExt::to_bytes(stanza);
+        bytes.shrink_to_fit();
         Available {
             priority,
-            stanza: to_bytes(stanza),
+            stanza: Bytes::from(bytes),
         }
     }
 

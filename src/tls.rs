@@ -146,6 +146,8 @@ pub fn server_config(resolver: Arc<Certificates>) -> Result<Arc<rustls::ServerCo
     sc.ignore_client_order = true;
     // Keep per-connection buffering small: many idle sessions must stay cheap.
     sc.send_half_rtt_data = false;
+    // tls-exporter channel binding on unbuffered connections (tls_exporter.rs).
+    sc.key_log = Arc::new(crate::tls_exporter::Capture);
     Ok(Arc::new(sc))
 }
 

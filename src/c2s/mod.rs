@@ -84,8 +84,8 @@ async fn accept(
     let io = match mode {
         TlsMode::Starttls => Transport::Plain(tcp),
         TlsMode::Direct => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(server.tls.clone());
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = crate::tls_stream::accept(tcp, server.tls.clone());
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
                 Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -364,12 +364,11 @@ impl Negotiation {
                 let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
                     return Err(Abort::Closed);
                 };
-                let acceptor = tokio_rustls::TlsAcceptor::from(self.server.tls.clone());
-                let tls =
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(t)) => t,
-                        _ => return Err(Abort::Closed),
-                    };
+                let handshake = crate::tls_stream::accept(tcp, self.server.tls.clone());
+                let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(Ok(t)) => t,
+                    _ => return Err(Abort::Closed),
+                };
                 conn.io = Transport::Tls(Box::new(tls));
                 conn.restart();
                 return Ok(());

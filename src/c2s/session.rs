@@ -72,6 +72,15 @@ struct Session {
     csi: Csi,
 }
 
+/// What ended an idle session's wait.
+enum Wake {
+    Killed(Kill),
+    Resume(Resume),
+    Batch(Vec<Bytes>),
+    Read(Result<(), ConnError>),
+    Timer,
+}
+
 async fn read(conn: &mut Option<Box<XmlConn>>) -> Result<(), ConnError> {
     match conn {
         Some(c) => c.read_some().await,
@@ -122,32 +131,10 @@ pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
     let mut inflight: Vec<Bytes> = Vec::new();
 
     let end = 'run: loop {
-        if let Some(c) = conn.as_mut() {
-            while let Some(ev) = c.pop() {
-                let flow = match ev {
-                    // Messages parsed from the same read are handled as a group
-                    // (one storage commit for all of them), in order.
-                    StreamEvent::Stanza(e)
-                        if is_client_message(&e) && c.next_is(is_client_message) =>
-                    {
-                        let mut group = vec![e];
-                        while group.len() < MESSAGE_GROUP && c.next_is(is_client_message) {
-                            if let Some(StreamEvent::Stanza(m)) = c.pop() {
-                                group.push(m);
-                            }
-                        }
-                        Box::pin(s.messages(group)).await
-                    }
-                    // Boxed: handlers (storage, modules) need large futures
-                    // only while they run; an idle session keeps none.
-                    StreamEvent::Stanza(e) => Box::pin(s.element(c, e)).await,
-                    StreamEvent::Close => Flow::End(End::Closed),
-                    StreamEvent::Header(_) => Flow::End(End::StreamError("not-well-formed", None)),
-                };
-                if let Flow::End(end) = flow {
-                    break 'run end;
-                }
-            }
+        if let Some(c) = conn.as_mut().filter(|c| c.has_events())
+            && let Some(end) = Box::pin(s.handle_events(c)).await
+        {
+            break 'run end;
         }
         // A device registered for push may sleep long: keep its session longer.
         let resume_timeout = if handle.shared.push.lock().unwrap().is_empty() {
@@ -162,98 +149,48 @@ pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
         };
         // A broken connection: hibernate if resumable, else end.
         let mut broken = false;
-        tokio::select! {
+        // Only the waiting happens inside select!: its futures are dropped
+        // before any handler runs, so the session future does not keep
+        // room for both (idle memory).
+        let wake = tokio::select! {
             biased;
-            k = handle.shared.killed() => break End::Killed(k),
-            Some(r) = resumption(&mut s.resume_rx) => {
-                match Box::pin(s.resume(r)).await {
-                    Some(c) => {
-                        conn = Some(c);
-                        lost_at = None;
-                        last_read = Instant::now();
-                        s.ping_id = None;
-                    }
-                    None => broken = conn.is_none(),
+            k = handle.shared.killed() => Wake::Killed(k),
+            Some(r) = resumption(&mut s.resume_rx) => Wake::Resume(r),
+            batch = rx.recv_batch(WRITE_BATCH) => Wake::Batch(batch),
+            r = read(&mut conn) => Wake::Read(r),
+            _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+        };
+        match wake {
+            Wake::Killed(k) => break End::Killed(k),
+            Wake::Resume(r) => match Box::pin(s.resume(r)).await {
+                Some(c) => {
+                    conn = Some(c);
+                    lost_at = None;
+                    last_read = Instant::now();
+                    s.ping_id = None;
+                }
+                None => broken = conn.is_none(),
+            },
+            Wake::Batch(batch) => {
+                match Box::pin(s.write_batch(batch, &mut conn, &mut inflight, max_unacked)).await {
+                    Ok(b) => broken = b,
+                    Err(end) => break end,
                 }
             }
-            batch = rx.recv_batch(WRITE_BATCH) => {
-                inflight.clear();
-                if conn.is_none() && server.modules.enabled("push") {
-                    // Hibernated: the device only learns of messages through its push service.
-                    let regs = handle.shared.push.lock().unwrap().clone();
-                    for b in &batch {
-                        crate::xep::push::hibernated_message(&server, &s.bare, &regs, b);
-                    }
-                }
-                let batch = s.csi.filter(batch);
-                server.metrics.stanzas_out.fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                let mut frames: Vec<Bytes> = Vec::with_capacity(batch.len() + 1);
-                for b in batch {
-                    frames.push(b.clone());
-                    match s.sm.as_mut() {
-                        Some(sm) => sm.record_sent(b),
-                        None => inflight.push(b),
-                    }
-                }
-                if let Some(sm) = s.sm.as_mut() {
-                    if sm.unacked.len() > max_unacked {
-                        break End::StreamError("policy-violation", Some("too many unacknowledged stanzas".into()));
-                    }
-                    if sm.unacked.len() >= REQUEST_ACK_AFTER && !sm.requested {
-                        sm.requested = true;
-                        frames.push(Bytes::from(format!("<r xmlns='{}'/>", sm::NS)));
-                    }
-                }
-                if let Some(c) = conn.as_mut().filter(|_| !frames.is_empty()) {
-                    let refs: Vec<&[u8]> = frames.iter().map(|b| &b[..]).collect();
-                    // A client that stops reading blocks this write; a kill (queue
-                    // overflow, conflict) must still end the session promptly.
-                    let written = tokio::select! {
-                        r = Box::pin(c.write_frames(&refs)) => r.is_ok(),
-                        _ = handle.shared.killed() => false,
-                    };
-                    broken = !written;
-                    if written {
-                        inflight = Vec::new(); // no capacity kept while idle
-                    }
-                }
-            }
-            r = read(&mut conn) => match r {
+            Wake::Read(r) => match r {
                 Ok(()) => {
                     last_read = Instant::now();
                     s.ping_id = None;
                 }
-                Err(ConnError::Xml(x)) => break End::StreamError(x.condition(), Some(x.text().to_string())),
+                Err(ConnError::Xml(x)) => {
+                    break End::StreamError(x.condition(), Some(x.text().to_string()));
+                }
                 Err(_) => broken = true,
             },
-            _ = tokio::time::sleep_until(deadline) => {
-                if lost_at.is_some() {
-                    tracing::info!(jid = %s.jid, "stream management: resumption timed out");
-                    break End::Lost;
-                }
-                if s.ping_id.is_some() {
-                    tracing::info!(jid = %s.jid, "no answer to ping");
-                    if s.resumable() {
-                        broken = true;
-                    } else {
-                        break End::StreamError("connection-timeout", Some("no answer to ping".into()));
-                    }
-                } else {
-                    let id = format!("ping-{}", super::new_id());
-                    let ping = el("iq", ns::CLIENT)
-                        .a("type", "get").a("id", id.as_str())
-                        .a("from", s.bare.domain().as_str()).a("to", s.jid.as_str())
-                        .c(el("ping", ns::PING).build()).build();
-                    s.ping_id = Some(id);
-                    let bytes = Bytes::from(ping.to_bytes());
-                    if let Some(sm) = s.sm.as_mut() {
-                        sm.record_sent(bytes.clone());
-                    }
-                    if let Some(c) = conn.as_mut() {
-                        broken = Box::pin(c.write(&bytes)).await.is_err();
-                    }
-                }
-            }
+            Wake::Timer => match Box::pin(s.on_timer(&mut conn, lost_at.is_some())).await {
+                Ok(b) => broken = b,
+                Err(end) => break end,
+            },
         }
         if broken {
             if !s.resumable() {
@@ -284,6 +221,134 @@ impl Session {
             r.set("to", self.jid.as_str());
             self.send(&r);
         }
+    }
+
+    /// Write a batch from the outbound queue; `Ok(true)` when the
+    /// connection broke. Boxed by the caller, like every handler here.
+    async fn write_batch(
+        &mut self,
+        batch: Vec<Bytes>,
+        conn: &mut Option<Box<XmlConn>>,
+        inflight: &mut Vec<Bytes>,
+        max_unacked: usize,
+    ) -> Result<bool, End> {
+        inflight.clear();
+        let server = &self.server;
+        if conn.is_none() && server.modules.enabled("push") {
+            // Hibernated: the device only learns of messages through its push service.
+            let regs = self.handle.shared.push.lock().unwrap().clone();
+            for b in &batch {
+                crate::xep::push::hibernated_message(server, &self.bare, &regs, b);
+            }
+        }
+        let batch = self.csi.filter(batch);
+        server
+            .metrics
+            .stanzas_out
+            .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut frames: Vec<Bytes> = Vec::with_capacity(batch.len() + 1);
+        for b in batch {
+            frames.push(b.clone());
+            match self.sm.as_mut() {
+                Some(sm) => sm.record_sent(b),
+                None => inflight.push(b),
+            }
+        }
+        if let Some(sm) = self.sm.as_mut() {
+            if sm.unacked.len() > max_unacked {
+                return Err(End::StreamError(
+                    "policy-violation",
+                    Some("too many unacknowledged stanzas".into()),
+                ));
+            }
+            if sm.unacked.len() >= REQUEST_ACK_AFTER && !sm.requested {
+                sm.requested = true;
+                frames.push(Bytes::from(format!("<r xmlns='{}'/>", sm::NS)));
+            }
+        }
+        let Some(c) = conn.as_mut().filter(|_| !frames.is_empty()) else {
+            return Ok(false);
+        };
+        let refs: Vec<&[u8]> = frames.iter().map(|b| &b[..]).collect();
+        // A client that stops reading blocks this write; a kill (queue
+        // overflow, conflict) must still end the session promptly.
+        let written = tokio::select! {
+            r = c.write_frames(&refs) => r.is_ok(),
+            _ = self.handle.shared.killed() => false,
+        };
+        if written {
+            *inflight = Vec::new(); // no capacity kept while idle
+        }
+        Ok(!written)
+    }
+
+    /// The session's timer fired: resumption over, or ping due or unanswered.
+    /// `Ok(true)` when the connection is to be treated as broken.
+    async fn on_timer(
+        &mut self,
+        conn: &mut Option<Box<XmlConn>>,
+        hibernating: bool,
+    ) -> Result<bool, End> {
+        if hibernating {
+            tracing::info!(jid = %self.jid, "stream management: resumption timed out");
+            return Err(End::Lost);
+        }
+        if self.ping_id.is_some() {
+            tracing::info!(jid = %self.jid, "no answer to ping");
+            if self.resumable() {
+                return Ok(true);
+            }
+            return Err(End::StreamError(
+                "connection-timeout",
+                Some("no answer to ping".into()),
+            ));
+        }
+        let id = format!("ping-{}", super::new_id());
+        let ping = el("iq", ns::CLIENT)
+            .a("type", "get")
+            .a("id", id.as_str())
+            .a("from", self.bare.domain().as_str())
+            .a("to", self.jid.as_str())
+            .c(el("ping", ns::PING).build())
+            .build();
+        self.ping_id = Some(id);
+        let bytes = Bytes::from(ping.to_bytes());
+        if let Some(sm) = self.sm.as_mut() {
+            sm.record_sent(bytes.clone());
+        }
+        match conn.as_mut() {
+            Some(c) => Ok(c.write(&bytes).await.is_err()),
+            None => Ok(false),
+        }
+    }
+
+    /// Handle the events parsed so far; `Some` when one ends the session.
+    /// Boxed by the caller: its state exists only while events are handled.
+    async fn handle_events(&mut self, c: &mut XmlConn) -> Option<End> {
+        while let Some(ev) = c.pop() {
+            let flow = match ev {
+                // Messages parsed from the same read are handled as a group
+                // (one storage commit for all of them), in order.
+                StreamEvent::Stanza(e) if is_client_message(&e) && c.next_is(is_client_message) => {
+                    let mut group = vec![e];
+                    while group.len() < MESSAGE_GROUP && c.next_is(is_client_message) {
+                        if let Some(StreamEvent::Stanza(m)) = c.pop() {
+                            group.push(m);
+                        }
+                    }
+                    Box::pin(self.messages(group)).await
+                }
+                // Boxed: handlers (storage, modules) need large futures
+                // only while they run.
+                StreamEvent::Stanza(e) => Box::pin(self.element(c, e)).await,
+                StreamEvent::Close => Flow::End(End::Closed),
+                StreamEvent::Header(_) => Flow::End(End::StreamError("not-well-formed", None)),
+            };
+            if let Flow::End(end) = flow {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// A new connection resumes this session: ack, answer, resend the unacked.

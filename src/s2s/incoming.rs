@@ -242,14 +242,12 @@ async fn accept_tls(
     let Transport::Plain(tcp) = std::mem::replace(&mut conn.io, Transport::Gone) else {
         return Err(("internal-server-error", None));
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(server.s2s.tls().server.clone());
-    let tls = acceptor.accept(tcp).await.map_err(|e| {
+    let handshake = crate::tls_stream::accept(tcp, server.s2s.tls().server.clone());
+    let tls = handshake.await.map_err(|e| {
         tracing::info!(error = %e, "s2s: TLS handshake failed");
         ("policy-violation", Some("TLS handshake failed".into()))
     })?;
     let chain = tls
-        .get_ref()
-        .1
         .peer_certificates()
         .map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
     conn.io = Transport::Tls(Box::new(tls));

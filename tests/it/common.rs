@@ -621,6 +621,14 @@ impl Client {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.closed()).await;
     }
 
+    /// The client side of the TLS connection (tests of the TLS layer).
+    pub fn tls(&mut self) -> &mut tokio_rustls::client::TlsStream<TcpStream> {
+        match &mut self.io {
+            Io::Tls(t) => t,
+            _ => panic!("not TLS"),
+        }
+    }
+
     /// Drop the TCP connection without closing the stream.
     pub fn drop_connection(self) {
         drop(self)

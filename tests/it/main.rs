@@ -19,6 +19,7 @@ mod sasl2;
 mod sm;
 mod ssdp;
 mod storage;
+mod tls;
 mod upload;
 mod websocket;
 mod xep;
