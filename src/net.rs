@@ -64,6 +64,13 @@ impl Transport {
         matches!(self, Transport::Tls(t) if t.can_bind_channel())
     }
 
+    /// Authentication is over: channel binding data is no longer needed.
+    pub fn forget_channel_binding(&mut self) {
+        if let Transport::Tls(t) = self {
+            t.forget_channel_binding();
+        }
+    }
+
     /// RFC 9266 tls-exporter channel binding; only defined for TLS 1.3 here.
     pub fn channel_binding(&self) -> Option<Vec<u8>> {
         let Transport::Tls(t) = self else { return None };

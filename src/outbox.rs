@@ -83,17 +83,31 @@ impl Outbox {
         self.closed.store(true, Ordering::Release);
     }
 
-    /// Up to `max` stanzas, waiting until there is at least one. Cancel-safe:
-    /// stanzas are taken only in the poll that returns them.
-    pub async fn recv_batch(&self, max: usize) -> Vec<Bytes> {
+    /// Up to `max` stanzas, waiting until there is at least one, unless
+    /// `stop` says otherwise first (it is asked on every wake-up: see
+    /// [`Self::wake`]). Cancel-safe: stanzas are taken only in the poll that
+    /// returns them. One wait for both keeps an idle session's future small.
+    pub async fn recv_batch_or<T>(
+        &self,
+        max: usize,
+        stop: impl Fn() -> Option<T>,
+    ) -> Result<Vec<Bytes>, T> {
         loop {
             let notified = self.ready.notified();
+            if let Some(t) = stop() {
+                return Err(t);
+            }
             let batch = self.take(max);
             if !batch.is_empty() {
-                return batch;
+                return Ok(batch);
             }
             notified.await;
         }
+    }
+
+    /// Wake the reader waiting in [`Self::recv_batch_or`] to ask `stop` again.
+    pub fn wake(&self) {
+        self.ready.notify_one();
     }
 
     /// Up to `max` stanzas without waiting (possibly none).
@@ -158,7 +172,7 @@ mod tests {
         let o = std::sync::Arc::new(Outbox::new(100));
         let reader = {
             let o = o.clone();
-            tokio::spawn(async move { o.recv_batch(64).await })
+            tokio::spawn(async move { o.recv_batch_or(64, || None::<()>).await.unwrap() })
         };
         tokio::task::yield_now().await;
         for i in 0..50u8 {

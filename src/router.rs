@@ -160,9 +160,14 @@ pub struct SessionHandle {
 pub struct QueueReader(Arc<SessionShared>);
 
 impl QueueReader {
-    /// Up to `max` queued stanzas, waiting for the first (cancel-safe).
-    pub async fn recv_batch(&self, max: usize) -> Vec<Bytes> {
-        self.0.outbox.recv_batch(max).await
+    /// Up to `max` queued stanzas, waiting for the first (cancel-safe);
+    /// or why the session was killed, which comes first.
+    pub async fn recv_batch(&self, max: usize) -> Result<Vec<Bytes>, Kill> {
+        let shared = &self.0;
+        shared
+            .outbox
+            .recv_batch_or(max, || shared.kill_reason())
+            .await
     }
     /// Whatever is queued, without waiting.
     pub fn take_all(&self) -> Vec<Bytes> {
@@ -237,6 +242,13 @@ impl SessionHandle {
         drop(r);
         self.shared.kill.notify_waiters();
         self.shared.kill.notify_one();
+        // The idle session waits on its queue (QueueReader::recv_batch).
+        self.shared.outbox.wake();
+    }
+
+    /// The session has ended (its queue takes nothing more).
+    pub fn is_gone(&self) -> bool {
+        self.shared.outbox.is_closed()
     }
 
     /// Stanzas waiting in the queue (for metrics).

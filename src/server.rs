@@ -39,6 +39,8 @@ pub struct Server {
     pub archive_writer: crate::storage::group_commit::ArchiveWriter,
     /// Serialises read-modify-write of each account's roster rows.
     roster_locks: Vec<tokio::sync::Mutex<()>>,
+    /// XEP-0160 deliveries in progress, one per account at a time.
+    pub offline_deliveries: crate::xep::offline::Deliveries,
     pub started: Instant,
     connections: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -141,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running> {
         components: Default::default(),
         s2s: Default::default(),
         archive_writer,
+        offline_deliveries: Default::default(),
         roster_locks: (0..ROSTER_LOCK_STRIPES)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),

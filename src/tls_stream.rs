@@ -95,8 +95,9 @@ pub struct ServerTls {
     plain: Pending,
     /// Ciphertext the socket has not taken.
     unsent: Pending,
-    /// For `tls-exporter` channel binding (TLS 1.3 with [`tls_exporter::Capture`]).
-    exporter: Option<tls_exporter::Secret>,
+    /// For `tls-exporter` channel binding (TLS 1.3 with [`tls_exporter::Capture`]),
+    /// until authentication is over.
+    exporter: Option<Box<tls_exporter::Secret>>,
     /// close_notify or end of stream received: reads return end of stream.
     read_closed: bool,
     close_sent: bool,
@@ -198,6 +199,11 @@ impl ServerTls {
             && self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3)
     }
 
+    /// Channel binding is only needed while authenticating: free it after.
+    pub fn forget_channel_binding(&mut self) {
+        self.exporter = None;
+    }
+
     /// RFC 9266 tls-exporter channel binding: TLS 1.3 only.
     pub fn channel_binding(&self) -> Option<Vec<u8>> {
         if !self.can_bind_channel() {
@@ -234,7 +240,7 @@ impl ServerTls {
         }
         let r = self.process_records(records, &mut dst);
         if handshaking && let Some(secret) = tls_exporter::take() {
-            self.exporter = Some(secret);
+            self.exporter = Some(Box::new(secret));
         }
         if r.is_err() {
             self.queue_alert();

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use jid::BareJid;
 use minidom::Element;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -102,6 +103,9 @@ const PAGE: i64 = 2048;
 /// drain). Stored messages are deleted only once all of them are queued.
 pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
     let owner = h.jid.bare();
+    let Some(claim) = claim(server, &owner, h).await else {
+        return; // a live session of the account is being given the backlog
+    };
     let Some(first) = page(server, &owner, 0, FIRST_PAGE).await else {
         return;
     };
@@ -127,6 +131,7 @@ pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
     }
     let (server, h) = (server.clone(), h.clone());
     tokio::spawn(async move {
+        let _claim = claim; // held until the delivered messages are deleted
         loop {
             for (id, xml) in pending {
                 last = id;
@@ -149,6 +154,74 @@ pub async fn deliver(server: &Arc<Server>, h: &SessionHandle) {
         }
         delete_upto(&server, &owner, last).await;
     });
+}
+
+/// Offline deliveries in progress, by account. A delivery deletes what it
+/// sent only after queueing all of it, so a second delivery for the same
+/// account must not read the store meanwhile: a client that received its
+/// backlog and logged straight in again would get it twice. While the
+/// delivering session lives, it is the one that gets the backlog (XEP-0160:
+/// the account's messages, not a resource's); once it has gone, the next
+/// delivery waits for the earlier one to finish (deleting, or giving up
+/// when its queue closed).
+#[derive(Default)]
+pub struct Deliveries {
+    running: std::sync::Mutex<HashMap<String, Running>>,
+}
+
+struct Running {
+    session: SessionHandle,
+    done: Arc<tokio::sync::Notify>,
+}
+
+/// This session delivers the account's backlog; released when dropped.
+pub struct Claim {
+    server: Arc<Server>,
+    owner: String,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut running = self.server.offline_deliveries.running.lock().unwrap();
+        if running
+            .get(&self.owner)
+            .is_some_and(|r| Arc::ptr_eq(&r.done, &self.done))
+        {
+            running.remove(&self.owner);
+        }
+        drop(running);
+        self.done.notify_waiters();
+    }
+}
+
+/// Claim the delivery of `owner`'s backlog for session `h`; `None` when a
+/// live session of the account is already being given it.
+async fn claim(server: &Arc<Server>, owner: &BareJid, h: &SessionHandle) -> Option<Claim> {
+    loop {
+        let wait = {
+            let mut running = server.offline_deliveries.running.lock().unwrap();
+            match running.get(owner.as_str()) {
+                Some(r) if !r.session.is_gone() => return None,
+                // Created under the lock, so it cannot miss the release.
+                Some(r) => r.done.clone().notified_owned(),
+                None => {
+                    let done = Arc::new(tokio::sync::Notify::new());
+                    let running_entry = Running {
+                        session: h.clone(),
+                        done: done.clone(),
+                    };
+                    running.insert(owner.to_string(), running_entry);
+                    return Some(Claim {
+                        server: server.clone(),
+                        owner: owner.to_string(),
+                        done,
+                    });
+                }
+            }
+        };
+        wait.await;
+    }
 }
 
 async fn delete_upto(server: &Server, owner: &BareJid, last: i64) {

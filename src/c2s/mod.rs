@@ -135,16 +135,21 @@ pub async fn serve_websocket(
 async fn run(server: Arc<Server>, conn: Box<XmlConn>, peer: SocketAddr) {
     // The connection stays boxed from here on: this future and the session's
     // then hold a pointer, not one more copy each (idle memory).
-    let negotiated = Box::pin(negotiate(server.clone(), conn, peer)).await;
-    if let Some((conn, bound)) = negotiated {
-        let session = Box::pin(session::run(server, conn, bound));
-        tracing::trace!(
-            bytes = std::mem::size_of_val(&*session),
-            conn = std::mem::size_of::<XmlConn>(),
-            "bound session state"
-        );
-        session.await
-    }
+    // The negotiation's result is moved into the session within one
+    // statement, so this future keeps no room for it while the session runs.
+    let session = match Box::pin(negotiate(server.clone(), conn, peer)).await {
+        Some((mut conn, bound)) => {
+            conn.io.forget_channel_binding();
+            Box::pin(session::run(server, conn, bound))
+        }
+        None => return,
+    };
+    tracing::trace!(
+        bytes = std::mem::size_of_val(&*session),
+        conn = std::mem::size_of::<XmlConn>(),
+        "bound session state"
+    );
+    session.await
 }
 
 /// Stream negotiation up to a bound session; on failure the stream is ended here.

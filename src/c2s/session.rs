@@ -16,7 +16,7 @@ use crate::xep::sm::{self, AckError, Resume, SmState};
 use crate::xep::{IqRequest, Target};
 use crate::xml::{BuilderExt, ElementExt, StreamEvent, el, ns};
 use bytes::Bytes;
-use jid::{BareJid, FullJid, Jid};
+use jid::{BareJid, Jid};
 use minidom::Element;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,7 +61,7 @@ enum Flow {
 
 struct Session {
     server: Arc<Server>,
-    jid: FullJid,
+    /// The session's bare JID (its full JID is `handle.jid`).
     bare: BareJid,
     handle: SessionHandle,
     presence: PresenceState,
@@ -104,25 +104,23 @@ pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
         sm,
         inactive,
     } = bound;
+    let resume_rx = sm
+        .as_ref()
+        .and_then(|sm| sm.id.as_deref())
+        .map(|id| server.resumptions.register(id, handle.jid.clone()));
+    // Everything here lives as long as the session: what the loop needs is
+    // kept once (in `s`), not also in locals (idle memory).
     let mut s = Session {
-        jid: handle.jid.clone(),
         bare: handle.jid.bare(),
-        server: server.clone(),
-        handle: handle.clone(),
+        server,
+        handle,
         presence: PresenceState::default(),
         ping_id: None,
-        resume_rx: sm
-            .as_ref()
-            .and_then(|sm| sm.id.as_deref())
-            .map(|id| server.resumptions.register(id, handle.jid.clone())),
+        resume_rx,
         sm,
         csi: Csi::default(),
     };
     s.csi.inactive = inactive;
-    let ping_interval = Duration::from_secs(server.config.c2s.ping_interval.max(1));
-    let ping_timeout = Duration::from_secs(server.config.c2s.ping_timeout.max(1));
-    let resume_timeout = Duration::from_secs(server.config.c2s.resume_timeout.max(1));
-    let max_unacked = server.config.limits.outbound_queue * 4;
     let mut conn = Some(conn);
     // When the connection broke (hibernating, waiting for a resumption).
     let mut lost_at: Option<Instant> = None;
@@ -136,17 +134,7 @@ pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
         {
             break 'run end;
         }
-        // A device registered for push may sleep long: keep its session longer.
-        let resume_timeout = if handle.shared.push.lock().unwrap().is_empty() {
-            resume_timeout
-        } else {
-            Duration::from_secs(server.config.modules.push.resume_timeout.max(1))
-        };
-        let deadline = match (lost_at, &s.ping_id) {
-            (Some(t), _) => t + resume_timeout,
-            (None, Some(_)) => last_read + ping_interval + ping_timeout,
-            (None, None) => last_read + ping_interval,
-        };
+        let deadline = s.deadline(lost_at, last_read);
         // A broken connection: hibernate if resumable, else end.
         let mut broken = false;
         // Only the waiting happens inside select!: its futures are dropped
@@ -154,9 +142,12 @@ pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
         // room for both (idle memory).
         let wake = tokio::select! {
             biased;
-            k = handle.shared.killed() => Wake::Killed(k),
+            // A kill comes first; the queue's wait reports it too.
+            batch = rx.recv_batch(WRITE_BATCH) => match batch {
+                Ok(batch) => Wake::Batch(batch),
+                Err(k) => Wake::Killed(k),
+            },
             Some(r) = resumption(&mut s.resume_rx) => Wake::Resume(r),
-            batch = rx.recv_batch(WRITE_BATCH) => Wake::Batch(batch),
             r = read(&mut conn) => Wake::Read(r),
             _ = tokio::time::sleep_until(deadline) => Wake::Timer,
         };
@@ -172,7 +163,7 @@ pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
                 None => broken = conn.is_none(),
             },
             Wake::Batch(batch) => {
-                match Box::pin(s.write_batch(batch, &mut conn, &mut inflight, max_unacked)).await {
+                match Box::pin(s.write_batch(batch, &mut conn, &mut inflight)).await {
                     Ok(b) => broken = b,
                     Err(end) => break end,
                 }
@@ -197,7 +188,7 @@ pub async fn run(server: Arc<Server>, conn: Box<XmlConn>, bound: Bound) {
                 break End::Lost;
             }
             if lost_at.is_none() {
-                tracing::info!(jid = %s.jid, "connection lost; session hibernates for resumption");
+                tracing::info!(jid = %s.handle.jid, "connection lost; session hibernates for resumption");
                 lost_at = Some(Instant::now());
             }
             conn = None;
@@ -218,8 +209,29 @@ impl Session {
 
     fn reply_error(&self, stanza: &Element, condition: &str, text: Option<&str>) {
         if let Some(mut r) = error_reply(stanza, condition, text) {
-            r.set("to", self.jid.as_str());
+            r.set("to", self.handle.jid.as_str());
             self.send(&r);
+        }
+    }
+
+    /// When the session's timer fires: resumption given up (hibernating
+    /// since `lost_at`), or a ping due or unanswered.
+    fn deadline(&self, lost_at: Option<Instant>, last_read: Instant) -> Instant {
+        let config = &self.server.config;
+        let secs = |s: u64| Duration::from_secs(s.max(1));
+        match (lost_at, &self.ping_id) {
+            (Some(t), _) => {
+                // A device registered for push may sleep long: keep its session longer.
+                if self.handle.shared.push.lock().unwrap().is_empty() {
+                    t + secs(config.c2s.resume_timeout)
+                } else {
+                    t + secs(config.modules.push.resume_timeout)
+                }
+            }
+            (None, Some(_)) => {
+                last_read + secs(config.c2s.ping_interval) + secs(config.c2s.ping_timeout)
+            }
+            (None, None) => last_read + secs(config.c2s.ping_interval),
         }
     }
 
@@ -230,8 +242,8 @@ impl Session {
         batch: Vec<Bytes>,
         conn: &mut Option<Box<XmlConn>>,
         inflight: &mut Vec<Bytes>,
-        max_unacked: usize,
     ) -> Result<bool, End> {
+        let max_unacked = self.server.config.limits.outbound_queue * 4;
         inflight.clear();
         let server = &self.server;
         if conn.is_none() && server.modules.enabled("push") {
@@ -290,11 +302,11 @@ impl Session {
         hibernating: bool,
     ) -> Result<bool, End> {
         if hibernating {
-            tracing::info!(jid = %self.jid, "stream management: resumption timed out");
+            tracing::info!(jid = %self.handle.jid, "stream management: resumption timed out");
             return Err(End::Lost);
         }
         if self.ping_id.is_some() {
-            tracing::info!(jid = %self.jid, "no answer to ping");
+            tracing::info!(jid = %self.handle.jid, "no answer to ping");
             if self.resumable() {
                 return Ok(true);
             }
@@ -308,7 +320,7 @@ impl Session {
             .a("type", "get")
             .a("id", id.as_str())
             .a("from", self.bare.domain().as_str())
-            .a("to", self.jid.as_str())
+            .a("to", self.handle.jid.as_str())
             .c(el("ping", ns::PING).build())
             .build();
         self.ping_id = Some(id);
@@ -374,8 +386,12 @@ impl Session {
         if let Some(success) = sasl2 {
             // XEP-0198 inside SASL2: `<resumed/>` is one of the success results.
             let r: Element = resumed.parse().expect("well-formed");
-            resumed = String::from_utf8(success.to_element(self.jid.as_str(), vec![r]).to_bytes())
-                .expect("utf-8");
+            resumed = String::from_utf8(
+                success
+                    .to_element(self.handle.jid.as_str(), vec![r])
+                    .to_bytes(),
+            )
+            .expect("utf-8");
         }
         let mut frames: Vec<&[u8]> = vec![resumed.as_bytes()];
         frames.extend(sm.unacked.iter().map(|b| &b[..]));
@@ -387,7 +403,7 @@ impl Session {
         if conn.write_frames(&frames).await.is_err() {
             return None;
         }
-        tracing::info!(jid = %self.jid, resent = sm.unacked.len(), "stream resumed");
+        tracing::info!(jid = %self.handle.jid, resent = sm.unacked.len(), "stream resumed");
         Some(conn)
     }
 
@@ -436,7 +452,11 @@ impl Session {
                 let id = wants_resume.then(super::new_id);
                 let mut reply = format!("<enabled xmlns='{}'", sm::NS);
                 if let Some(id) = &id {
-                    self.resume_rx = Some(self.server.resumptions.register(id, self.jid.clone()));
+                    self.resume_rx = Some(
+                        self.server
+                            .resumptions
+                            .register(id, self.handle.jid.clone()),
+                    );
                     reply.push_str(&format!(
                         " id='{id}' resume='true' max='{}'",
                         self.server.config.c2s.resume_timeout
@@ -504,7 +524,7 @@ impl Session {
             server.resumptions.remove(&id);
         }
         // Leave the registry first so nothing new is queued, then tell contacts.
-        server.registry.unbind(&self.jid, self.handle.id);
+        server.registry.unbind(&self.handle.jid, self.handle.id);
         if let Err(e) =
             im::presence::broadcast_unavailable(&server, &self.handle, &mut self.presence, None)
                 .await
@@ -559,7 +579,7 @@ impl Session {
                 }
             }
         }
-        tracing::info!(jid = %self.jid, "session ended");
+        tracing::info!(jid = %self.handle.jid, "session ended");
     }
 
     /// Consecutive client messages that arrived together: checked in order,
@@ -583,7 +603,7 @@ impl Session {
             handled += 1;
         }
         if !ready.is_empty() {
-            im::message::from_session_many(&self.server, &self.jid, ready).await;
+            im::message::from_session_many(&self.server, &self.handle.jid, ready).await;
         }
         if let Some(sm) = self.sm.as_mut() {
             // Counted once fully handled: stored or queued for delivery.
@@ -622,15 +642,15 @@ impl Session {
         }
         // RFC 6120 §8.1.2.1: a client cannot speak as anyone else.
         if let Some(from) = from {
-            let ok = from == self.jid.as_str()
+            let ok = from == self.handle.jid.as_str()
                 || Jid::new(from).is_ok_and(|j| {
-                    j.as_str() == self.jid.as_str() || j.as_str() == self.bare.as_str()
+                    j.as_str() == self.handle.jid.as_str() || j.as_str() == self.bare.as_str()
                 });
             if !ok {
                 return Err(End::StreamError("invalid-from", None));
             }
         }
-        e.set("from", self.jid.as_str());
+        e.set("from", self.handle.jid.as_str());
         self.server.metrics.stanza_in(e.name());
         match to {
             None => Ok(Some(None)),
@@ -649,7 +669,7 @@ impl Session {
         let result = match e.name() {
             "message" => {
                 let to = to.unwrap_or_else(|| Jid::from(self.bare.clone()));
-                im::message::from_session(&self.server, &self.jid, e, to).await;
+                im::message::from_session(&self.server, &self.handle.jid, e, to).await;
                 Ok(())
             }
             "presence" => {
@@ -692,12 +712,12 @@ impl Session {
         {
             if blocking::blocks(&server, &self.bare, j).await {
                 if let Some(mut r) = blocking::blocked_reply(&iq) {
-                    r.set("to", self.jid.as_str());
+                    r.set("to", self.handle.jid.as_str());
                     self.send(&r);
                 }
                 return;
             }
-            if blocking::blocks(&server, &j.bare(), &Jid::from(self.jid.clone())).await {
+            if blocking::blocks(&server, &j.bare(), &Jid::from(self.handle.jid.clone())).await {
                 if request {
                     self.reply_error(&iq, "service-unavailable", None);
                 }
@@ -715,8 +735,12 @@ impl Session {
         if let Some(j) = &to
             && server.upload.handles(j.domain().as_str())
         {
-            if let Some(mut r) = server.upload.handle_iq(&server, &iq, &self.jid).await {
-                r.set("to", self.jid.as_str());
+            if let Some(mut r) = server
+                .upload
+                .handle_iq(&server, &iq, &self.handle.jid)
+                .await
+            {
+                r.set("to", self.handle.jid.as_str());
                 self.send(&r);
             }
             return;
@@ -731,8 +755,8 @@ impl Session {
                     .is_some_and(|q| q.is("query", crate::xep::mam::NS))
                 && kind == "set"
             {
-                if let Some(mut r) = server.muc.mam_query(&server, &iq, &self.jid).await {
-                    r.set("to", self.jid.as_str());
+                if let Some(mut r) = server.muc.mam_query(&server, &iq, &self.handle.jid).await {
+                    r.set("to", self.handle.jid.as_str());
                     self.send(&r);
                 }
                 return;
@@ -780,15 +804,15 @@ impl Session {
         if payload.is("session", ns::SESSION) && kind == "set" {
             // RFC 3921 session establishment: a no-op that older clients still send after bind.
             let mut reply = crate::stanza::iq_result(&iq, None);
-            reply.set("to", self.jid.as_str());
+            reply.set("to", self.handle.jid.as_str());
             self.send(&reply);
             return;
         }
         if let Target::Account { own: true, .. } = target
             && payload.is("query", ns::ROSTER)
         {
-            let mut reply = im::roster::handle_iq(&server, &self.jid, &iq, payload).await;
-            reply.set("to", self.jid.as_str());
+            let mut reply = im::roster::handle_iq(&server, &self.handle.jid, &iq, payload).await;
+            reply.set("to", self.handle.jid.as_str());
             self.send(&reply);
             return;
         }
@@ -804,14 +828,14 @@ impl Session {
             return;
         }
         let req = IqRequest {
-            from: &self.jid,
+            from: &self.handle.jid,
             target: &target,
             iq: &iq,
             payload,
         };
         match server.modules.handle_iq(&server, &req).await {
             Some(mut reply) => {
-                reply.set("to", self.jid.as_str());
+                reply.set("to", self.handle.jid.as_str());
                 self.send(&reply);
             }
             None => self.reply_error(&iq, "service-unavailable", None),
