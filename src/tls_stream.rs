@@ -242,9 +242,6 @@ impl ServerTls {
         if handshaking && let Some(secret) = tls_exporter::take() {
             self.exporter = Some(Box::new(secret));
         }
-        if r.is_err() {
-            self.queue_alert();
-        }
         r
     }
 
@@ -257,7 +254,13 @@ impl ServerTls {
         loop {
             let UnbufferedStatus { discard, state } =
                 self.conn.process_tls_records(&mut records[done..]);
-            let state = state.map_err(invalid)?;
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.send_alert(&mut records[done..]);
+                    return Err(invalid(e));
+                }
+            };
             let mut extra = 0;
             let stop = match state {
                 ConnectionState::ReadTraffic(mut r) => {
@@ -305,9 +308,10 @@ impl ServerTls {
     }
 
     /// After a fatal error rustls has an alert ready: send it if the socket
-    /// takes it now.
-    fn queue_alert(&mut self) {
-        let status = self.conn.process_tls_records(&mut []);
+    /// takes it now. `records` is what the failed call was given (rustls may
+    /// still refer to it).
+    fn send_alert(&mut self, records: &mut [u8]) {
+        let status = self.conn.process_tls_records(records);
         if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state
             && self
                 .unsent

@@ -108,3 +108,18 @@ async fn close_notify_ends_the_stream() {
     alice.tls().shutdown().await.unwrap();
     assert!(alice.closed().await);
 }
+
+#[tokio::test]
+async fn a_forged_record_ends_only_that_connection() {
+    let s = TestServer::start().await;
+    let (mut alice, mut bob) = alice_and_bob(&s).await;
+    // An application-data record that fails authentication, written under
+    // the client's TLS layer: the server ends this connection (RFC 8446
+    // §5.2: bad_record_mac) and nothing else.
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    forged.extend_from_slice(&[0x5a; 32]);
+    let tcp = alice.tls().get_mut().0;
+    tcp.write_all(&forged).await.unwrap();
+    assert!(alice.closed().await);
+    bob.sync().await;
+}
