@@ -416,10 +416,12 @@ impl ServerTls {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            ready!(self.poll_send(cx))?;
             if !self.conn.is_handshaking() {
+                // What is left (session tickets) leaves with our next bytes,
+                // or before the next read that finds nothing buffered.
                 return Poll::Ready(Ok(()));
             }
+            ready!(self.poll_send(cx))?;
             if self.read_closed {
                 return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
