@@ -193,7 +193,7 @@ pub fn unverified_client_config() -> Arc<rustls::ClientConfig> {
 /// whether the chain is valid for a domain is decided after the handshake,
 /// by `s2s::certs`, where the domain is known.
 #[derive(Debug)]
-pub(crate) struct AnyCertificate;
+pub struct AnyCertificate;
 
 impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

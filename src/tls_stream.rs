@@ -30,6 +30,9 @@ use tokio::net::TcpStream;
 const READ_SIZE: usize = 16 * 1024 + 2048;
 /// Unsent ciphertext beyond which writers wait for the socket.
 const MAX_UNSENT: usize = 256 * 1024;
+/// Plaintext encrypted per write call (`write_all` comes back for the
+/// rest), which bounds the scratch buffer and what one write leaves unsent.
+const MAX_WRITE: usize = 64 * 1024;
 /// A partial record or joined handshake message never needs more
 /// (rustls refuses handshake messages over 64 KiB).
 const MAX_PARTIAL: usize = 64 * 1024 + READ_SIZE;
@@ -80,6 +83,10 @@ impl Pending {
     fn append_with(&mut self, f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
         if self.is_empty() {
             *self = Self::default();
+        } else if self.pos >= self.buf.len() / 2 {
+            // Mostly taken already: move the rest to the front rather than grow.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
         f(&mut self.buf)
     }
@@ -312,13 +319,16 @@ impl ServerTls {
     /// still refer to it).
     fn send_alert(&mut self, records: &mut [u8]) {
         let status = self.conn.process_tls_records(records);
+        // (rustls hands out the queued alert before it looks at the records
+        // again, so the failed call's discard does not matter here.)
         if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state
             && self
                 .unsent
                 .append_with(|buf| encode_into(&mut e, buf))
                 .is_ok()
+            && let Ok(n) = self.tcp.try_write(self.unsent.unread())
         {
-            let _ = self.tcp.try_write(self.unsent.unread());
+            self.unsent.consume(n);
         }
     }
 
@@ -417,8 +427,12 @@ impl ServerTls {
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if !self.conn.is_handshaking() {
-                // What is left (session tickets) leaves with our next bytes,
-                // or before the next read that finds nothing buffered.
+                // TLS 1.3: what is left (session tickets) leaves with our next
+                // bytes, or before the next read. TLS 1.2: our Finished is
+                // left, and the client waits for it: send it now.
+                if self.conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+                    ready!(self.poll_send(cx))?;
+                }
                 return Poll::Ready(Ok(()));
             }
             ready!(self.poll_send(cx))?;
@@ -448,7 +462,8 @@ impl AsyncRead for ServerTls {
             if this.read_closed {
                 return Poll::Ready(Ok(()));
             }
-            // A reply the records asked for (KeyUpdate) leaves when it can.
+            // Bytes still owed to the peer (session tickets, the last flight
+            // of a TLS 1.2 handshake) leave before we wait for its bytes.
             if !this.unsent.is_empty()
                 && let Poll::Ready(Err(e)) = this.poll_send(cx)
             {
@@ -476,6 +491,7 @@ impl AsyncWrite for ServerTls {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
+        let data = &data[..data.len().min(MAX_WRITE)];
         if !this.unsent.is_empty() {
             // Behind earlier bytes: queue, then push what the socket takes.
             this.queue(data)?;

@@ -172,6 +172,10 @@ pub struct Deliveries {
 struct Running {
     session: SessionHandle,
     done: Arc<tokio::sync::Notify>,
+    /// A later session that was refused because this one was live: if this
+    /// delivery gives up (its session died mid-backlog), that one gets what
+    /// is left instead of waiting for its next login.
+    successor: Option<SessionHandle>,
 }
 
 /// This session delivers the account's backlog; released when dropped.
@@ -184,14 +188,22 @@ pub struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         let mut running = self.server.offline_deliveries.running.lock().unwrap();
-        if running
+        let successor = if running
             .get(&self.owner)
             .is_some_and(|r| Arc::ptr_eq(&r.done, &self.done))
         {
-            running.remove(&self.owner);
-        }
+            running.remove(&self.owner).and_then(|r| r.successor)
+        } else {
+            None
+        };
         drop(running);
         self.done.notify_waiters();
+        // A delivery that completed leaves nothing to read: the successor's
+        // pass then finds an empty store.
+        if let Some(next) = successor.filter(|n| !n.is_gone()) {
+            let server = self.server.clone();
+            tokio::spawn(async move { deliver(&server, &next).await });
+        }
     }
 }
 
@@ -201,8 +213,11 @@ async fn claim(server: &Arc<Server>, owner: &BareJid, h: &SessionHandle) -> Opti
     loop {
         let wait = {
             let mut running = server.offline_deliveries.running.lock().unwrap();
-            match running.get(owner.as_str()) {
-                Some(r) if !r.session.is_gone() => return None,
+            match running.get_mut(owner.as_str()) {
+                Some(r) if !r.session.is_gone() => {
+                    r.successor = Some(h.clone());
+                    return None;
+                }
                 // Created under the lock, so it cannot miss the release.
                 Some(r) => r.done.clone().notified_owned(),
                 None => {
@@ -210,6 +225,7 @@ async fn claim(server: &Arc<Server>, owner: &BareJid, h: &SessionHandle) -> Opti
                     let running_entry = Running {
                         session: h.clone(),
                         done: done.clone(),
+                        successor: None,
                     };
                     running.insert(owner.to_string(), running_entry);
                     return Some(Claim {

@@ -137,6 +137,8 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener, tls: bool) {
     let acceptor = tls.then(|| {
         let mut cfg = (*server.tls).clone();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No channel binding over HTTPS: do not capture exporter secrets.
+        cfg.key_log = Arc::new(rustls::NoKeyLog);
         tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
     });
     loop {

@@ -123,3 +123,51 @@ async fn a_forged_record_ends_only_that_connection() {
     assert!(alice.closed().await);
     bob.sync().await;
 }
+
+#[tokio::test]
+async fn a_tls12_client_gets_our_finished_and_its_stream() {
+    use tokio::io::AsyncReadExt;
+    let s = TestServer::start().await;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(xmppd::tls::AnyCertificate))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(s.direct_addr())
+        .await
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    // In TLS 1.2 the server's Finished comes after the client's: the
+    // handshake only completes if the server sends it without being asked.
+    let mut tls = tokio::time::timeout(
+        TIMEOUT,
+        connector.connect("localhost".try_into().unwrap(), tcp),
+    )
+    .await
+    .expect("TLS 1.2 handshake in time")
+    .expect("TLS 1.2 handshake");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    tls.write_all(
+        b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
+          xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("</stream:features>") {
+        let n = tokio::time::timeout(TIMEOUT, tls.read(&mut buf))
+            .await
+            .expect("features in time")
+            .unwrap();
+        assert!(n > 0, "stream closed before its features");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // No -PLUS over TLS 1.2: tls-exporter is only defined for TLS 1.3 here.
+    assert!(!String::from_utf8_lossy(&got).contains("-PLUS"));
+}
