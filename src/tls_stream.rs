@@ -15,8 +15,7 @@
 use crate::tls_exporter;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
-    UnbufferedStatus, WriteTraffic,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
 };
 use std::cell::RefCell;
 use std::io;
@@ -162,14 +161,8 @@ fn encode_into(
     e: &mut EncodeTlsData<'_, ServerConnectionData>,
     dst: &mut Vec<u8>,
 ) -> io::Result<()> {
-    // Ask with an empty buffer first: the error says how much room it needs.
-    let need = match e.encode(&mut []) {
-        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
-            required_size
-        }
-        _ => 0,
-    };
-    append(dst, need, |buf| match e.encode(buf) {
+    // No guess: the first attempt's error says how much room it needs.
+    append(dst, 0, |buf| match e.encode(buf) {
         Ok(n) => Ok(n),
         Err(EncodeError::InsufficientSize(s)) => Err(Some(s.required_size)),
         Err(_) => Err(None),
@@ -183,21 +176,23 @@ fn encrypt_into(
 ) -> io::Result<()> {
     // Per record at most header, content type, tag (and TLS 1.2's explicit nonce).
     let guess = data.len() + (data.len() / (16 * 1024) + 1) * 64;
-    append(dst, guess, |buf| match w.encrypt(data, buf) {
+    append(dst, guess, |buf| needs_room(w.encrypt(data, buf)))
+}
+
+/// An encryption's outcome as [`append`] takes it: bytes written, or the
+/// room it needs (`None`: it cannot be done at all).
+fn needs_room(r: Result<usize, EncryptError>) -> Result<usize, Option<usize>> {
+    match r {
         Ok(n) => Ok(n),
         Err(EncryptError::InsufficientSize(s)) => Err(Some(s.required_size)),
         Err(_) => Err(None),
-    })
+    }
 }
 
 impl ServerTls {
     /// The certificate chain the client presented (s2s: SASL EXTERNAL).
     pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
         self.conn.peer_certificates()
-    }
-
-    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.conn.protocol_version()
     }
 
     /// Whether [`Self::channel_binding`] has data (without deriving it).
@@ -541,11 +536,7 @@ impl AsyncWrite for ServerTls {
             let mut alert = Vec::new();
             // Best effort: a connection already closed by the peer ends anyway.
             let _ = this.with_write_traffic(|w| {
-                append(&mut alert, 64, |out| match w.queue_close_notify(out) {
-                    Ok(n) => Ok(n),
-                    Err(EncryptError::InsufficientSize(s)) => Err(Some(s.required_size)),
-                    Err(_) => Err(None),
-                })
+                append(&mut alert, 64, |out| needs_room(w.queue_close_notify(out)))
             });
             this.unsent.push(&alert);
         }

@@ -179,7 +179,7 @@ struct Running {
 }
 
 /// This session delivers the account's backlog; released when dropped.
-pub struct Claim {
+struct Claim {
     server: Arc<Server>,
     owner: String,
     done: Arc<tokio::sync::Notify>,

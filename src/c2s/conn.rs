@@ -100,12 +100,12 @@ impl XmlConn {
         self.header_sent = false;
     }
 
-    /// Whether the next parsed event is a stanza that `pred` accepts.
     /// Whether parsed events are waiting to be taken.
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
     }
 
+    /// Whether the next parsed event is a stanza that `pred` accepts.
     pub fn next_is(&self, pred: impl Fn(&Element) -> bool) -> bool {
         matches!(self.events.front(), Some(StreamEvent::Stanza(e)) if pred(e))
     }
